@@ -1,0 +1,154 @@
+"""The pure decision core: memory samples and time in, a verdict out.
+
+No I/O, no clock, no gunicorn: the guard feeds samples, the policy judges. Monitors each judge
+one concern (absolute limits here; growth rate elsewhere) and the policy asks them in order, the
+most urgent first, like GitLab's memory watchdog: monitors judge, handlers act.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from .units import format_size
+
+
+class Action(enum.Enum):
+    KEEP = "keep"
+    RETIRE = "retire"  # graceful; may wait its turn
+    RETIRE_NOW = "retire_now"  # past the hard limit: graceful stop at once, no waiting
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading of the enforced metric.
+
+    ``exact`` is False when ``value`` is only an upper bound (RSS standing in for USS/PSS):
+    a bound below a limit proves the metric is below it, but trend monitors must not use it.
+    """
+
+    time: float  # seconds on a monotonic clock
+    value: int  # bytes
+    exact: bool = True
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: Action
+    reason: str = ""  # short machine key, e.g. "soft_limit"
+    detail: str = ""  # the figures behind it, for the log line
+    value: int = 0
+    limit: int = 0
+
+    @property
+    def retires(self) -> bool:
+        return self.action is not Action.KEEP
+
+
+KEEP = Verdict(Action.KEEP)
+
+
+class Monitor(Protocol):
+    def observe(self, sample: Sample) -> Verdict | None:
+        """Return a verdict to act on, or None to defer to the other monitors."""
+
+
+def draw_limit(limit: int, jitter: float, rng: random.Random) -> int:
+    """Spread a worker's effective limit uniformly in ``[limit*(1-jitter), limit]``.
+
+    Drawn once per worker so identically leaking workers reach their limits at different
+    times instead of all retiring together.
+    """
+    return int(limit * (1.0 - rng.uniform(0.0, jitter)))
+
+
+class HardLimit:
+    """Past the hard limit a worker goes at once: one sample is enough, age does not matter."""
+
+    def __init__(self, limit: int, metric: str) -> None:
+        self.limit = limit
+        self.metric = metric
+
+    def observe(self, sample: Sample) -> Verdict | None:
+        if sample.value <= self.limit:
+            return None
+        return Verdict(
+            Action.RETIRE_NOW,
+            "hard_limit",
+            f"{self.metric} {format_size(sample.value)} > hard limit {format_size(self.limit)}",
+            sample.value,
+            self.limit,
+        )
+
+
+class SoftLimit:
+    """Over the soft limit on ``strikes`` consecutive samples, and old enough, a worker retires.
+
+    Consecutive strikes ignore a lone spike caught mid-request that is gone by the next sample;
+    the minimum lifetime keeps a worker that boots big from being recycled in a tight loop.
+    """
+
+    def __init__(self, limit: int, metric: str, born: float, min_lifetime: float, strikes: int = 2) -> None:
+        self.limit = limit
+        self.metric = metric
+        self.born = born
+        self.min_lifetime = min_lifetime
+        self.strikes = strikes
+        self._over = 0
+
+    def observe(self, sample: Sample) -> Verdict | None:
+        if sample.value <= self.limit:
+            self._over = 0
+            return None
+        self._over += 1
+        if self._over < self.strikes or sample.time - self.born < self.min_lifetime:
+            return None
+        return Verdict(
+            Action.RETIRE,
+            "soft_limit",
+            f"{self.metric} {format_size(sample.value)} > limit {format_size(self.limit)}",
+            sample.value,
+            self.limit,
+        )
+
+
+class WorkerPolicy:
+    """Ask each monitor in order; the first verdict wins."""
+
+    def __init__(self, monitors: Sequence[Monitor], floor: int | None) -> None:
+        self.monitors = tuple(monitors)
+        self.floor = floor
+
+    def judge(self, sample: Sample) -> Verdict:
+        for monitor in self.monitors:
+            verdict = monitor.observe(sample)
+            if verdict is not None:
+                return verdict
+        return KEEP
+
+    def clears(self, upper_bound: int) -> bool:
+        """True if a reading this high cannot breach any absolute limit (the cheap path)."""
+        return self.floor is None or upper_bound <= self.floor
+
+
+def build_policy(
+    *,
+    metric: str,
+    soft: int | None,
+    hard: int | None,
+    jitter: float,
+    min_lifetime: float,
+    born: float,
+    rng: random.Random,
+) -> tuple[WorkerPolicy, int | None]:
+    """Build one worker's policy; returns it and the worker's effective soft limit."""
+    monitors: list[Monitor] = []
+    effective = draw_limit(soft, jitter, rng) if soft is not None else None
+    if hard is not None:
+        monitors.append(HardLimit(hard, metric))
+    if effective is not None:
+        monitors.append(SoftLimit(effective, metric, born, min_lifetime))
+    limits = [x for x in (effective, hard) if x is not None]
+    return WorkerPolicy(monitors, min(limits) if limits else None), effective

@@ -1,0 +1,1 @@
+"""Probes read memory and container limits, and nothing else reads /proc."""

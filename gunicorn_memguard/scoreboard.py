@@ -1,0 +1,101 @@
+"""Shared memory between the master and its workers: one fixed-size slot per live worker.
+
+Workers write their latest figures and their retirement into their slot; the master reads a
+slot when the worker exits (to say how it ended — gunicorn's ``child_exit`` hook is not told
+the exit status) and, for metrics and coordination, while it runs. An anonymous shared mapping
+made in the master before the first fork needs no files, locks or threads: each field has one
+writer at a time and 8-byte aligned fields are read whole.
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+import struct
+from dataclasses import dataclass
+
+DEFAULT_SLOTS = 512
+
+
+class State(enum.IntEnum):
+    FREE = 0
+    STARTING = 1  # claimed by the master for a worker about to fork
+    RUNNING = 2
+    RETIRING = 3
+    EXITED = 4  # left through gunicorn's normal exit path (worker_exit ran)
+    OVERRAN = 5  # memguard ended it: its drain outlived graceful_timeout
+
+
+# pid, state, born, updated, value, rss, limit, requests, retire_started, reason
+_SLOT = struct.Struct("<q q d d q q q q d 24s")
+_SIZE = 128
+_OFFSETS = {
+    "pid": 0, "state": 8, "born": 16, "updated": 24, "value": 32,
+    "rss": 40, "limit": 48, "requests": 56, "retire_started": 64, "reason": 72,
+}
+_Q = struct.Struct("<q")
+_D = struct.Struct("<d")
+
+
+@dataclass(frozen=True)
+class SlotView:
+    pid: int
+    state: State
+    born: float  # wall-clock seconds
+    updated: float
+    value: int  # last reading of the enforced metric (an upper bound while it cleared the limits)
+    rss: int
+    limit: int  # the worker's effective soft limit, 0 if none
+    requests: int
+    retire_started: float  # wall-clock seconds, 0 if not retiring
+    reason: str
+
+
+class Scoreboard:
+    def __init__(self, slots: int = DEFAULT_SLOTS) -> None:
+        self.slots = slots
+        self._map = mmap.mmap(-1, slots * _SIZE)  # MAP_SHARED | MAP_ANONYMOUS: survives fork
+
+    def _base(self, index: int) -> int:
+        return index * _SIZE
+
+    # -- master side --------------------------------------------------------------------
+    def claim(self) -> int | None:
+        """Reserve a free slot for a worker about to be forked; None when all are taken."""
+        for index in range(self.slots):
+            if _Q.unpack_from(self._map, self._base(index) + _OFFSETS["state"])[0] == State.FREE:
+                _SLOT.pack_into(self._map, self._base(index), 0, State.STARTING, 0, 0, 0, 0, 0, 0, 0, b"")
+                return index
+        return None
+
+    def release(self, index: int) -> None:
+        self.set_state(index, State.FREE)
+
+    def read(self, index: int) -> SlotView:
+        pid, state, born, updated, value, rss, limit, requests, retire_started, reason = _SLOT.unpack_from(
+            self._map, self._base(index)
+        )
+        return SlotView(
+            pid, State(state), born, updated, value, rss, limit, requests, retire_started,
+            reason.rstrip(b"\0").decode("ascii", "replace"),
+        )
+
+    # -- worker side --------------------------------------------------------------------
+    def start(self, index: int, pid: int, born: float, limit: int) -> None:
+        _SLOT.pack_into(self._map, self._base(index), pid, State.RUNNING, born, born, 0, 0, limit, 0, 0, b"")
+
+    def sample(self, index: int, now: float, value: int, rss: int, requests: int) -> None:
+        base = self._base(index)
+        _D.pack_into(self._map, base + _OFFSETS["updated"], now)
+        _Q.pack_into(self._map, base + _OFFSETS["value"], value)
+        _Q.pack_into(self._map, base + _OFFSETS["rss"], rss)
+        _Q.pack_into(self._map, base + _OFFSETS["requests"], requests)
+
+    def retiring(self, index: int, now: float, reason: str) -> None:
+        base = self._base(index)
+        struct.pack_into("<24s", self._map, base + _OFFSETS["reason"], reason.encode("ascii", "replace")[:24])
+        _D.pack_into(self._map, base + _OFFSETS["retire_started"], now)
+        _Q.pack_into(self._map, base + _OFFSETS["state"], State.RETIRING)
+
+    def set_state(self, index: int, state: State) -> None:
+        _Q.pack_into(self._map, self._base(index) + _OFFSETS["state"], state)

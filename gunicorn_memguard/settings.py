@@ -1,0 +1,149 @@
+"""One frozen settings object, built once in the master from env vars, the config module, defaults.
+
+Precedence: ``MEMGUARD_*`` environment variables, then ``memguard_*`` variables in the gunicorn
+config module, then the defaults below. Every bad value — malformed, unknown name, out of range —
+is reported at once, each naming the setting, the value, where it came from and the accepted form.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from .units import (
+    BOOL_FORM,
+    DURATION_FORM,
+    PERCENT_FORM,
+    SIZE_FORM,
+    format_duration,
+    format_size,
+    parse_bool,
+    parse_duration,
+    parse_percent,
+    parse_size,
+)
+
+ENV_PREFIX = "MEMGUARD_"
+CONFIG_PREFIX = "memguard_"
+METRICS = ("rss", "uss", "pss")
+
+
+def _parse_metric(value: object) -> str:
+    text = str(value).strip().lower()
+    if text not in METRICS:
+        raise ValueError("expected one of rss, uss, pss")
+    return text
+
+
+def _parse_jitter(value: object) -> float:
+    jitter = parse_percent(value)
+    if not 0.0 <= jitter <= 0.5:
+        raise ValueError("expected a percentage from 0% to 50%")
+    return jitter
+
+
+def _parse_interval(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds < 0.01:
+        raise ValueError(f"must be at least 10ms; expected {DURATION_FORM}")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one setting is read and shown."""
+
+    parse: Callable[[object], Any]
+    form: str
+    show: Callable[[Any], str]
+    help: str
+
+
+def _show_size(value: int | None) -> str:
+    return "unset" if value is None else format_size(value)
+
+
+SPECS: dict[str, Spec] = {
+    "enabled": Spec(parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "turn memguard off without removing it"),
+    "max_memory": Spec(parse_size, SIZE_FORM, _show_size, "soft limit per worker: retire gracefully above it"),
+    "hard_max_memory": Spec(parse_size, SIZE_FORM, _show_size, "hard limit per worker: retire at once, no waiting"),
+    "metric": Spec(_parse_metric, "one of rss, uss, pss", str, "which memory figure the limits apply to"),
+    "jitter": Spec(_parse_jitter, PERCENT_FORM, lambda v: f"{v * 100:g}%", "spread each worker's limit below max_memory"),
+    "check_interval": Spec(_parse_interval, DURATION_FORM, format_duration, "timer sampling period"),
+    "min_lifetime": Spec(parse_duration, DURATION_FORM, format_duration, "no soft-limit retirement younger than this"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    enabled: bool = True
+    max_memory: int | None = None
+    hard_max_memory: int | None = None
+    metric: str = "uss"
+    jitter: float = 0.10
+    check_interval: float = 1.0
+    min_lifetime: float = 30.0
+    # Where each value came from ("default", "env MEMGUARD_X", "config memguard_x"), for `check`.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(env name, shown value, source) for each setting, in declaration order."""
+        return [
+            (ENV_PREFIX + name.upper(), SPECS[name].show(getattr(self, name)), self.sources.get(name, "default"))
+            for name in SPECS
+        ]
+
+
+class SettingsError(ValueError):
+    """All the bad settings found, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _unknown(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def load_settings(env: Mapping[str, str], config: Mapping[str, object], config_name: str = "config") -> Settings:
+    """Build the settings or raise `SettingsError` listing every bad value."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    env_names = [ENV_PREFIX + n.upper() for n in SPECS]
+    for key in sorted(k for k in env if k.startswith(ENV_PREFIX)):
+        if key not in env_names:
+            problems.append(f"unknown setting {key} (environment){_unknown(key, env_names)}")
+    config_names = [CONFIG_PREFIX + n for n in SPECS]
+    for key in sorted(k for k in config if k.startswith(CONFIG_PREFIX)):
+        if key not in config_names:
+            problems.append(f"unknown setting {key} (in {config_name}){_unknown(key, config_names)}")
+
+    for name, spec in SPECS.items():
+        env_key, config_key = ENV_PREFIX + name.upper(), CONFIG_PREFIX + name
+        if env.get(env_key, "").strip():
+            raw, origin = env[env_key], f"env {env_key}"
+        elif config.get(config_key) is not None:
+            raw, origin = config[config_key], f"{config_key} in {config_name}"
+        else:
+            continue
+        try:
+            values[name] = spec.parse(raw)
+            sources[name] = origin
+        except ValueError as exc:
+            problems.append(f"{origin}={raw!r} is invalid: {exc}")
+
+    settings = Settings(**values, sources=sources)
+    if settings.max_memory and settings.hard_max_memory and settings.hard_max_memory < settings.max_memory:
+        problems.append(
+            f"MEMGUARD_HARD_MAX_MEMORY ({format_size(settings.hard_max_memory)}) is below "
+            f"MEMGUARD_MAX_MEMORY ({format_size(settings.max_memory)}): the hard limit must be at least the soft one"
+        )
+    if problems:
+        raise SettingsError(problems)
+    return settings
+

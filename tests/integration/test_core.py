@@ -1,0 +1,165 @@
+"""Issue: memory-guarded sync and gthread workers, via the hook module and via memguard's classes.
+
+Real gunicorn on 127.0.0.1, real HTTP, observed from outside (PIDs, psutil memory, logs).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import textwrap
+import threading
+
+import psutil
+import pytest
+
+from .conftest import MiB
+from bench.harness import Gunicorn, MemoryWatch, load, poll
+
+HOOKS = ["-c", "python:gunicorn_memguard.conf"]
+# (label, gunicorn args) for each way a user can adopt memguard on sync and gthread
+MODES = {
+    "hooks-sync": [*HOOKS, "-k", "sync"],
+    "hooks-gthread": [*HOOKS, "-k", "gthread", "--threads", "4"],
+    "class-sync": ["-k", "gunicorn_memguard.workers.SyncWorker"],
+    "class-gthread": ["-k", "gunicorn_memguard.workers.ThreadWorker", "--threads", "4"],
+}
+LEAK_KIB = 256
+# Largest overshoot we accept, from outside: two over-limit samples (strikes) of a 256 KiB leak
+# each, per thread in flight, and the leak that lands while the last requests drain.
+SLACK = 8 * MiB
+
+
+def guard_env(limit: int, **extra: str) -> dict[str, str]:
+    return {
+        "MEMGUARD_MAX_MEMORY": f"{limit}B",
+        "MEMGUARD_MIN_LIFETIME": "0s",
+        "MEMGUARD_CHECK_INTERVAL": "200ms",
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_leaking_workers_are_retired_gracefully_within_the_limit(mode, baseline_uss, tmp_path):
+    limit = baseline_uss + 60 * MiB
+    with Gunicorn([*MODES[mode], "apps.leaky:app"], guard_env(limit), tmp_path / "g.log") as server:
+        server.wait_ready()
+        first = server.worker_pids()
+        watch = MemoryWatch(server, metric="uss")
+        result = load(server, f"/leak?kib={LEAK_KIB}", requests=2000, concurrency=4)
+        watch.stop()
+        seen = set(watch.peak)
+
+        assert result.failed == [], f"failed requests: {result.failed[:10]}"
+        assert seen - first, "no worker was replaced"
+        peak = max(watch.peak.values())
+        assert peak <= limit + SLACK, f"peak {peak / MiB:.1f} MiB > limit {limit / MiB:.1f} + slack"
+
+        retirements = server.log_lines("memguard: retiring worker")
+        # 2000 x 256 KiB = 500 MiB leaked over 2 workers with ~60 MiB headroom each
+        assert len(retirements) >= 5
+        for line in retirements:
+            assert re.search(r"pid=\d+ age=[\d.]+s requests=\d+ uss=\d+ .* limit=\d+ .* reason=soft_limit", line), line
+        # every retired worker exits gracefully, and the master says so
+        poll(lambda: len(server.log_lines("exited gracefully after retirement")) >= len(retirements) - 2,
+             timeout=20, what="graceful exits")
+        print(f"{mode}: {len(retirements)} retirements, peak uss {peak / MiB:.1f} MiB, "
+              f"limit {limit / MiB:.1f} MiB, {watch.samples} samples")
+
+
+def test_a_worker_stuck_in_a_long_request_is_seen_by_the_timer(baseline_uss, tmp_path):
+    limit = baseline_uss + 40 * MiB
+    with Gunicorn([*HOOKS, "apps.leaky:app"], guard_env(limit), tmp_path / "g.log", workers=1) as server:
+        server.wait_ready()
+        (pid,) = server.worker_pids()
+        # one request leaks 80 MiB and then works for 4 s: the decision comes during that request
+        answer: list[int] = []
+        thread = threading.Thread(target=lambda: answer.append(server.get("/leak?kib=81920&s=4")[0]))
+        thread.start()
+        poll(lambda: server.log_lines(f"retiring worker pid={pid}"), timeout=3, what="retirement mid-request")
+        assert thread.is_alive(), "the retirement should be decided while the request is still running"
+        thread.join(20)
+        assert answer == [200]
+        poll(lambda: pid not in server.worker_pids() and len(server.worker_pids()) == 1, timeout=15,
+             what="replacement")
+
+
+def test_drain_that_overruns_graceful_timeout_is_bounded_and_logged(baseline_uss, tmp_path):
+    limit = baseline_uss + 40 * MiB
+    args = [*HOOKS, "-k", "gthread", "--threads", "2", "--graceful-timeout", "2", "apps.leaky:app"]
+    with Gunicorn(args, guard_env(limit), tmp_path / "g.log", workers=1) as server:
+        server.wait_ready()
+        (pid,) = server.worker_pids()
+        cut: list[str] = []
+
+        def slow_request() -> None:
+            try:
+                server.get("/slow?s=30", timeout=40)
+            except OSError as exc:  # the point of the bound: this request is cut off
+                cut.append(type(exc).__name__)
+
+        slow = threading.Thread(target=slow_request)
+        slow.start()
+        poll(lambda: server.get("/leak?kib=81920")[0] == 200, timeout=5)
+        poll(lambda: server.log_lines("did not finish draining"), timeout=15, what="drain bound")
+        poll(lambda: pid not in server.worker_pids(), timeout=5, what="overrun worker to exit")
+        poll(lambda: server.log_lines(f"worker pid={pid} was made to exit"), timeout=5,
+             what="master's exit report")
+        slow.join(40)
+        assert cut, "the request that outlived graceful_timeout should have been cut off"
+
+
+def test_sigkill_without_retirement_is_reported_as_a_likely_oom_kill(tmp_path):
+    with Gunicorn([*HOOKS, "apps.leaky:app"], guard_env(1024 * MiB), tmp_path / "g.log", workers=1) as server:
+        server.wait_ready()
+        (pid,) = server.worker_pids()
+        psutil.Process(pid).send_signal(signal.SIGKILL)
+        lines = poll(lambda: server.log_lines(f"worker pid={pid} died without exiting cleanly"), timeout=10)
+        assert "OOM killer" in lines[0] and "last" in lines[0]
+
+
+@pytest.mark.parametrize("args", [[*HOOKS], ["-k", "gunicorn_memguard.workers.SyncWorker"]], ids=["hooks", "class"])
+def test_bad_setting_stops_gunicorn_before_any_worker_forks(args, tmp_path):
+    server = Gunicorn([*args, "apps.leaky:app"], {"MEMGUARD_MAX_MEMORY": "512"}, tmp_path / "g.log")
+    assert server.proc.wait(30) != 0
+    log = server.log()
+    server.stop()
+    assert "MEMGUARD_MAX_MEMORY='512'" in log and "did you mean '512MiB'" in log
+    assert "Booting worker" not in log
+
+
+def test_user_hooks_in_a_config_file_are_composed_not_clobbered(baseline_uss, tmp_path):
+    conf = tmp_path / "myconf.py"
+    conf.write_text(textwrap.dedent(f"""
+        from gunicorn_memguard.conf import *
+
+        memguard_max_memory = "{baseline_uss + 40 * MiB}B"
+        memguard_min_lifetime = "0s"
+
+        def post_worker_init(worker):
+            worker.log.info("user post_worker_init ran in %s", worker.pid)
+
+        def child_exit(server, worker):
+            server.log.info("user child_exit ran for %s", worker.pid)
+    """))
+    with Gunicorn(["-c", str(conf), "apps.leaky:app"], {}, tmp_path / "g.log", workers=1) as server:
+        server.wait_ready()
+        (pid,) = server.worker_pids()
+        assert server.log_lines(f"user post_worker_init ran in {pid}")
+        assert server.log_lines("composed your post_worker_init hook")
+        for _ in range(4):
+            server.get("/leak?kib=20480")
+        poll(lambda: server.log_lines(f"user child_exit ran for {pid}"), timeout=10, what="user child_exit")
+        assert server.log_lines(f"retiring worker pid={pid}")
+        assert server.log_lines(f"worker pid={pid} exited gracefully after retirement")
+
+
+def test_syncworker_with_threads_is_still_guarded_and_says_why(baseline_uss, tmp_path):
+    args = [*HOOKS, "-k", "gunicorn_memguard.workers.SyncWorker", "--threads", "2", "apps.leaky:app"]
+    with Gunicorn(args, guard_env(baseline_uss + 40 * MiB), tmp_path / "g.log", workers=1) as server:
+        server.wait_ready()
+        assert server.log_lines("runs gunicorn's stock gthread worker")
+        (pid,) = server.worker_pids()
+        for _ in range(4):
+            server.get("/leak?kib=20480")
+        poll(lambda: server.log_lines(f"retiring worker pid={pid}"), timeout=10, what="retirement")

@@ -22,6 +22,13 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
+
+
+def _control_socket_off() -> list[str]:
+    """gunicorn 27 opens a control socket at one fixed path per user; parallel servers would share it."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
 T = TypeVar("T")
 
 
@@ -56,7 +63,7 @@ class Gunicorn:
         full_env.update(env or {})
         full_env["PYTHONPATH"] = str(cwd) + os.pathsep + full_env.get("PYTHONPATH", "")
         self.args = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{self.port}", "-w", str(workers),
-                     "--log-level", "info", "--graceful-timeout", "10", *args]
+                     "--log-level", "info", "--graceful-timeout", "10", *_control_socket_off(), *args]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, cwd=cwd, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
 

@@ -86,6 +86,7 @@ class Guard:
             self._check(from_timer=False)
 
     def _run_sampler(self) -> None:
+        self._check(from_timer=True)  # so the master knows a baseline even if the worker dies young
         while not self._stop.wait(self.settings.check_interval):
             if self.retiring is None:
                 if not self._broken:
@@ -119,7 +120,7 @@ class Guard:
             sample = Sample(now, self._last_exact_value)
         else:
             return KEEP  # far enough from the limits; the next exact read comes soon
-        if self.slot is not None:
+        if from_timer and self.slot is not None:  # the master's view may lag one check_interval
             self.scoreboard.sample(self.slot, time.time(), sample.value, rss, self.requests)
         with self._lock:
             if self.retiring is not None:

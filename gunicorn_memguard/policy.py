@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 from .units import format_size
 
@@ -21,9 +21,8 @@ class Action(enum.Enum):
     RETIRE_NOW = "retire_now"  # past the hard limit: graceful stop at once, no waiting
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One reading of the enforced metric.
+class Sample(NamedTuple):
+    """One reading of the enforced metric (a NamedTuple: one is made per request).
 
     ``exact`` is False when ``value`` is only an upper bound (RSS standing in for USS/PSS):
     a bound below a limit proves the metric is below it, but trend monitors must not use it.

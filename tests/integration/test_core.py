@@ -113,6 +113,7 @@ def test_sigkill_without_retirement_is_reported_as_a_likely_oom_kill(tmp_path):
     with Gunicorn([*HOOKS, "apps.leaky:app"], guard_env(1024 * MiB), tmp_path / "g.log", workers=1) as server:
         server.wait_ready()
         (pid,) = server.worker_pids()
+        assert server.get("/pid")[0] == 200  # the worker is serving, so its sampler has run once
         psutil.Process(pid).send_signal(signal.SIGKILL)
         lines = poll(lambda: server.log_lines(f"worker pid={pid} died without exiting cleanly"), timeout=10)
         assert "OOM killer" in lines[0] and "last" in lines[0]

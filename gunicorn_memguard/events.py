@@ -5,45 +5,98 @@ Lines are ``key=value`` so they grep and parse; sizes are in bytes next to a rea
 
 from __future__ import annotations
 
+import signal
+from typing import NamedTuple
+
 from .scoreboard import SlotView, State
 from .units import format_size
 
 
 def retirement_line(
-    *, pid: int, age: float, requests: int, metric: str, value: int, limit: int, reason: str, detail: str
+    *, pid: int, age: float, requests: int, metric: str, value: int, limit: int, reason: str, detail: str,
+    dry_run: bool = False,
 ) -> str:
+    action = "would retire (dry run)" if dry_run else "retiring"
     return (
-        f"memguard: retiring worker pid={pid} age={age:.1f}s requests={requests} "
+        f"memguard: {action} worker pid={pid} age={age:.1f}s requests={requests} "
         f"{metric}={value} ({format_size(value)}) limit={limit} ({format_size(limit)}) "
         f"reason={reason} ({detail})"
     )
 
 
-def exit_line(pid: int, slot: SlotView | None, now: float) -> tuple[str, str]:
-    """(level, message) describing how a worker ended, from what it left in its slot."""
+class Death(NamedTuple):
+    """How the kernel says a worker ended, read in the master just before gunicorn reaps it."""
+
+    signal: int | None  # the signal that ended it; None if it exited
+    code: int | None  # its exit status, if it exited
+
+
+class ExitReport(NamedTuple):
+    level: str
+    message: str
+    outcome: str  # machine key for metrics and the event log, one of OUTCOMES
+
+
+OUTCOMES = ("graceful", "overran", "killed_while_retiring", "exited", "oom_killed", "sigkill", "signal", "died",
+            "unknown")
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _killed_by(death: Death | None, oom_killed: bool | None) -> tuple[str, str]:
+    """(outcome, phrase) for a worker that ended without a clean exit."""
+    if death is None or death.signal is None:
+        return "died", "died without exiting cleanly"
+    if death.signal == signal.SIGKILL:
+        if oom_killed:
+            return "oom_killed", "was killed by the kernel OOM killer (its cgroup's oom_kill count rose)"
+        why = "its cgroup's oom_kill count did not rise" if oom_killed is False else "no cgroup oom_kill count to check"
+        return "sigkill", f"was killed by SIGKILL (cause unknown: {why})"
+    return "signal", f"was killed by {signal_name(death.signal)}"
+
+
+def exit_report(
+    pid: int, slot: SlotView | None, now: float, death: Death | None = None, oom_killed: bool | None = None
+) -> ExitReport:
+    """How a worker ended, from what it left in its slot, how the kernel says it died, and whether
+    the cgroup's OOM-kill count rose (``oom_killed`` is None when there is no count to check)."""
     if slot is None or slot.pid != pid:
-        return "debug", f"memguard: worker pid={pid} exited (no memguard record)"
+        return ExitReport("debug", f"memguard: worker pid={pid} exited (no memguard record)", "unknown")
     last = f"last {format_size(slot.value)} (rss {format_size(slot.rss)})" if slot.rss else "never sampled"
     if slot.retire_started:
         drained = now - slot.retire_started
         if slot.state is State.OVERRAN:
-            return "error", (
+            return ExitReport("error", (
                 f"memguard: worker pid={pid} was made to exit {drained:.1f}s into its retirement "
                 f"(reason={slot.reason}): its drain outlived graceful_timeout"
-            )
+            ), "overran")
         if slot.state is State.EXITED:
-            return "info", (
+            return ExitReport("info", (
                 f"memguard: worker pid={pid} exited gracefully after retirement "
                 f"reason={slot.reason} drain={drained:.1f}s requests={slot.requests}"
-            )
-        return "warning", (
-            f"memguard: worker pid={pid} ended without a clean exit {drained:.1f}s into its retirement "
-            f"(reason={slot.reason}); its drain overran graceful_timeout or it was killed; {last}"
-        )
+            ), "graceful")
+        outcome, how = _killed_by(death, oom_killed)
+        if outcome == "died":
+            how = "ended without a clean exit; its drain overran graceful_timeout or it was killed"
+        return ExitReport("warning", (
+            f"memguard: worker pid={pid} {how} {drained:.1f}s into its retirement (reason={slot.reason}); {last}"
+        ), "killed_while_retiring")
     if slot.state is State.EXITED:
-        return "debug", f"memguard: worker pid={pid} exited; {last}"
-    return "error", (
-        f"memguard: worker pid={pid} died without exiting cleanly and with no retirement in progress; "
-        f"{last}. If gunicorn reports SIGKILL for it, the kernel OOM killer is the likely cause: "
-        f"lower MEMGUARD_MAX_MEMORY or set MEMGUARD_HARD_MAX_MEMORY below the container's limit"
-    )
+        return ExitReport("debug", f"memguard: worker pid={pid} exited; {last}", "exited")
+    outcome, how = _killed_by(death, oom_killed)
+    if outcome == "died":
+        return ExitReport("error", (
+            f"memguard: worker pid={pid} died without exiting cleanly and with no retirement in progress; "
+            f"{last}. If gunicorn reports SIGKILL for it, the kernel OOM killer is the likely cause: "
+            f"lower MEMGUARD_MAX_MEMORY or set MEMGUARD_HARD_MAX_MEMORY below the container's limit"
+        ), outcome)
+    advice = (": lower MEMGUARD_MAX_MEMORY or set MEMGUARD_HARD_MAX_MEMORY below the container's limit"
+              if outcome == "oom_killed" else "")
+    return ExitReport("error", (
+        f"memguard: worker pid={pid} {how} with no retirement in progress; {last}{advice}"
+    ), outcome)

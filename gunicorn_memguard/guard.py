@@ -19,8 +19,9 @@ from .events import retirement_line
 from .policy import KEEP, Sample, Verdict, build_policy
 from .probes.memory import MemoryProbe, ProbeError
 from .retire import Retire
-from .scoreboard import Scoreboard, State
+from .scoreboard import Scoreboard, State, encode_reasons
 from .settings import Settings
+from .telemetry import Telemetry
 
 # A USS/PSS read costs 0.4-17 ms; from the request path, do one at most this often unless an
 # estimate says a limit may have been crossed.
@@ -47,6 +48,7 @@ class Guard:
         scoreboard: Scoreboard | None,
         slot: int | None,
         start_thread: StartThread = start_os_thread,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.worker = worker
         self.settings = settings
@@ -75,6 +77,9 @@ class Guard:
         self._last_exact_value = 0
         self._broken = False
         self._stop = threading.Event()
+        self.telemetry = telemetry
+        self._last_report = -float("inf")
+        self._dry_reasons: set[str] = set()  # dry run: reasons already reported
         if self.slot is not None:
             self.scoreboard.start(self.slot, self.pid, self.born_wall, self.limit or 0)
         start_thread(self._run_sampler)
@@ -104,7 +109,10 @@ class Guard:
             self._degrade(f"internal error {exc!r}")
             return
         if verdict.retires:
-            self._start_retirement(verdict)
+            if self.settings.dry_run:
+                self._dry_retirement(verdict)
+            else:
+                self._start_retirement(verdict)
 
     def _judge(self, from_timer: bool) -> Verdict:
         now = time.monotonic()
@@ -120,16 +128,27 @@ class Guard:
             sample = Sample(now, self._last_exact_value)
         else:
             return KEEP  # far enough from the limits; the next exact read comes soon
-        if from_timer and self.slot is not None:  # the master's view may lag one check_interval
-            self.scoreboard.sample(self.slot, time.time(), sample.value, rss, self.requests)
+        if from_timer:  # the master's view may lag one check_interval
+            self._record(sample, rss)
         with self._lock:
             if self.retiring is not None:
                 return KEEP
             verdict = self.policy.judge(sample)
-            if verdict.retires:
+            if verdict.retires and not self.settings.dry_run:
                 self.retiring = verdict
                 self.retire_started = now
         return verdict
+
+    def _record(self, sample: Sample, rss: int) -> None:
+        """Publish a timer sample: to the scoreboard every time, to telemetry every report_interval."""
+        if self.slot is not None:
+            self.scoreboard.sample(self.slot, time.time(), sample.value, rss, self.requests)
+        if self.telemetry is not None and sample.time - self._last_report >= self.settings.report_interval:
+            self._last_report = sample.time
+            self.telemetry.sample(
+                pid=self.pid, worker=self.slot, age=sample.time - self.born, requests=self.requests,
+                metric=self.settings.metric, value=sample.value, exact=sample.exact, rss=rss, limit=self.limit,
+            )
 
     def _estimate(self, rss: int) -> int:
         """USS/PSS now, estimated without reading smaps: the last exact value plus RSS growth
@@ -141,19 +160,25 @@ class Guard:
     def requests(self) -> int:
         return int(getattr(self.worker, "nr", 0))
 
+    def _report_retirement(self, verdict: Verdict, age: float, dry_run: bool) -> None:
+        figures = dict(pid=self.pid, age=age, requests=self.requests, metric=self.settings.metric,
+                       value=verdict.value, limit=verdict.limit, reason=verdict.reason, detail=verdict.detail)
+        self.log.warning(retirement_line(**figures, dry_run=dry_run))
+        if self.telemetry is not None:
+            self.telemetry.retirement(dry_run=dry_run, worker=self.slot, **figures)
+
+    def _dry_retirement(self, verdict: Verdict) -> None:
+        """Dry run: report what would have been retired, once per worker per reason; retire nothing."""
+        with self._lock:
+            if verdict.reason in self._dry_reasons:
+                return
+            self._dry_reasons.add(verdict.reason)
+        self._report_retirement(verdict, time.monotonic() - self.born, dry_run=True)
+        if self.slot is not None:
+            self.scoreboard.would_retire(self.slot, encode_reasons(self._dry_reasons))
+
     def _start_retirement(self, verdict: Verdict) -> None:
-        self.log.warning(
-            retirement_line(
-                pid=self.pid,
-                age=self.retire_started - self.born,
-                requests=self.requests,
-                metric=self.settings.metric,
-                value=verdict.value,
-                limit=verdict.limit,
-                reason=verdict.reason,
-                detail=verdict.detail,
-            )
-        )
+        self._report_retirement(verdict, self.retire_started - self.born, dry_run=False)
         if self.slot is not None:
             self.scoreboard.retiring(self.slot, time.time(), verdict.reason)
         try:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from . import master
 from .guard import Guard, start_os_thread
 from .retire import retirement_for
+from .telemetry import Telemetry
 
 _guard: Guard | None = None  # the guard of this worker process, once post_worker_init ran
 _failed: set[str] = set()
@@ -51,7 +52,10 @@ def on_starting(server: Any) -> None:
 
 @_never_raises
 def when_ready(server: Any) -> None:
-    master.install(server.cfg, server.log, server)
+    settings = master.install(server.cfg, server.log, server)
+    if settings.enabled:
+        master.watch_deaths(server)
+        master.serve_metrics(settings, server.log)
 
 
 @_never_raises
@@ -62,7 +66,7 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 @_never_raises
 def child_exit(server: Any, worker: Any) -> None:
-    master.report_exit(worker, server.log)
+    master.report_exit(worker, server.log, server.cfg)
 
 
 # -- worker side ----------------------------------------------------------------------------
@@ -80,6 +84,7 @@ def post_worker_init(worker: Any) -> None:
         master.STATE.scoreboard,
         getattr(worker, master.SLOT_ATTR, None),
         getattr(worker, "memguard_start_thread", start_os_thread),
+        telemetry=Telemetry(master.STATE.events, worker.log, worker.cfg),
     )
 
 

@@ -2,19 +2,26 @@
 memguard's hooks are in gunicorn's config, and say how each worker ended.
 
 Everything here runs in the arbiter's main thread (or, on gunicorn 22/23, in its SIGCHLD
-handler, which only ever releases slots), so it needs no locks.
+handler, which only ever releases slots); the one master thread memguard adds serves the
+Prometheus endpoint and shares only the tally's lock (see ``tally.py`` and ``prometheus.py``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import signal
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from .events import exit_line
+from .eventlog import EventLog
+from .events import Death, exit_report, signal_name
+from .probes.cgroup import MemoryCgroup, find_memory_cgroup, read_oom_kill_count
 from .scoreboard import Scoreboard
 from .settings import Settings, SettingsError, load_settings
+from .tally import Tally
+from .telemetry import Telemetry
 from .units import format_size
 
 SLOT_ATTR = "memguard_slot"
@@ -26,6 +33,12 @@ class MasterState:
     def __init__(self) -> None:
         self.settings: Settings | None = None
         self.scoreboard: Scoreboard | None = None
+        # observability
+        self.events: EventLog | None = None
+        self.tally = Tally()
+        self.oom: OomWatch | None = None
+        self.deaths: dict[int, Death] = {}  # pid -> how it ended, peeked before gunicorn reaps it
+        self.metrics: Any = None  # prometheus.MetricsEndpoint, once serving
 
 
 STATE = MasterState()
@@ -64,6 +77,8 @@ def install(cfg: Any, log: Any, server: Any = None) -> Settings:
     if STATE.settings is None:
         try:
             STATE.settings = load_from(cfg)
+            if STATE.settings.enabled:
+                _open_outputs(STATE.settings)
         except SettingsError as exc:
             for problem in exc.problems:
                 log.error("memguard: bad setting: %s", problem)
@@ -75,11 +90,87 @@ def install(cfg: Any, log: Any, server: Any = None) -> Settings:
         settings = STATE.settings
         if settings.enabled:
             STATE.scoreboard = Scoreboard()
+            STATE.oom = OomWatch(find_memory_cgroup())
             _announce(settings, cfg, log)
     if STATE.settings.enabled:
         for name in compose_into(cfg):
             log.info("memguard: composed your %s hook with memguard's (yours runs first)", name)
     return STATE.settings
+
+
+def _open_outputs(settings: Settings) -> None:
+    """Problems with the event log or the Prometheus extra are settings errors: found before any fork."""
+    if settings.prometheus_port is not None and importlib.util.find_spec("prometheus_client") is None:
+        raise SettingsError([
+            f"MEMGUARD_PROMETHEUS_PORT={settings.prometheus_port} needs prometheus-client: "
+            f"pip install 'gunicorn-memguard[prometheus]'"
+        ])
+    if settings.event_log is not None:
+        try:
+            STATE.events = EventLog(settings.event_log)
+        except OSError as exc:
+            raise SettingsError([
+                f"MEMGUARD_EVENT_LOG={settings.event_log!r} cannot be opened for appending: {exc.strerror}"
+            ]) from None
+
+
+def serve_metrics(settings: Settings, log: Any) -> None:
+    """Start the Prometheus endpoint once, in the master (from ``when_ready``: after gunicorn
+    daemonized, before the first fork). A port in use (say, the old master of a USR2 upgrade
+    still holds it) is logged and memguard carries on without the endpoint."""
+    if settings.prometheus_port is None or STATE.metrics is not None or STATE.scoreboard is None:
+        return
+    from .prometheus import MetricsEndpoint, ScoreboardCollector
+
+    collector = ScoreboardCollector(STATE.scoreboard, STATE.tally, settings)
+    try:
+        STATE.metrics = MetricsEndpoint(settings.prometheus_address, settings.prometheus_port, collector, log)
+    except OSError as exc:
+        log.error("memguard: cannot serve Prometheus metrics on %s port %s (MEMGUARD_PROMETHEUS_PORT): %s; "
+                  "carrying on without them", settings.prometheus_address, settings.prometheus_port, exc)
+        return
+    log.info("memguard: Prometheus metrics at %s", STATE.metrics.url)
+
+
+class OomWatch:
+    """Did the kernel OOM killer act in our cgroup since we last looked? (``oom_kill`` counter)"""
+
+    def __init__(self, cgroup: MemoryCgroup | None) -> None:
+        self.cgroup = cgroup
+        self.count = read_oom_kill_count(cgroup) if cgroup is not None else None
+
+    def rose(self) -> bool | None:
+        """True if the count rose since the last look, False if not, None if there is no count."""
+        if self.cgroup is None:
+            return None
+        count = read_oom_kill_count(self.cgroup)
+        if count is None:
+            return None
+        rose = self.count is not None and count > self.count
+        self.count = count
+        return rose
+
+
+def watch_deaths(arbiter: Any) -> None:
+    """Wrap the arbiter's ``reap_workers`` so that, just before gunicorn reaps, memguard peeks
+    (``waitid`` with ``WNOWAIT``) at how each dead worker ended: ``child_exit`` is not told."""
+    original: Callable[[], None] = arbiter.reap_workers
+    if getattr(original, "__memguard__", False):
+        return
+
+    def reap_workers() -> None:
+        try:
+            for pid in list(arbiter.WORKERS):  # a copy: on 22/23 SIGCHLD can change it under us
+                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                if info is not None and info.si_pid == pid:
+                    exited = info.si_code == os.CLD_EXITED
+                    STATE.deaths[pid] = Death(None if exited else info.si_status, info.si_status if exited else None)
+        except Exception:  # noqa: BLE001 - without the peek, exits are reported as before
+            pass
+        original()
+
+    reap_workers.__memguard__ = True  # type: ignore[attr-defined]
+    arbiter.reap_workers = reap_workers
 
 
 def _announce(settings: Settings, cfg: Any, log: Any) -> None:
@@ -90,6 +181,8 @@ def _announce(settings: Settings, cfg: Any, log: Any) -> None:
         "check_interval=%gs",
         settings.metric, limit, hard, settings.jitter * 100, settings.min_lifetime, settings.check_interval,
     )
+    if settings.dry_run:
+        log.warning("memguard: dry run (MEMGUARD_DRY_RUN): workers are measured and judged, none is retired")
     if settings.max_memory is None and settings.hard_max_memory is None:
         log.warning("memguard: no MEMGUARD_MAX_MEMORY or MEMGUARD_HARD_MAX_MEMORY set: no worker will be retired")
     uri = cfg.settings["worker_class"].get()
@@ -112,11 +205,25 @@ def claim_slot(worker: Any, log: Any) -> None:
     setattr(worker, SLOT_ATTR, slot)
 
 
-def report_exit(worker: Any, log: Any) -> None:
+def report_exit(worker: Any, log: Any, cfg: Any) -> None:
     slot = getattr(worker, SLOT_ATTR, None)
+    death = STATE.deaths.pop(worker.pid, None)
     if STATE.scoreboard is None or slot is None:
         return
-    level, message = exit_line(worker.pid, STATE.scoreboard.read(slot), time.time())
-    getattr(log, level)(message)
-    STATE.scoreboard.release(slot)
+    now = time.time()
+    view = STATE.scoreboard.read(slot)
+    oom_killed = STATE.oom.rose() if STATE.oom is not None and death and death.signal == signal.SIGKILL else None
+    report = exit_report(worker.pid, view, now, death, oom_killed)
+    getattr(log, report.level)(report.message)
+    with STATE.tally.lock:  # a scrape sees the slot or the total, never both or neither
+        STATE.tally.fold(view, report.outcome)
+        STATE.scoreboard.release(slot)
     setattr(worker, SLOT_ATTR, None)
+    if view.pid == worker.pid:
+        Telemetry(STATE.events, log, cfg).exit(
+            pid=worker.pid, worker=slot, outcome=report.outcome, reason=view.reason or None,
+            drain=round(now - view.retire_started, 3) if view.retire_started else None,
+            age=round(now - view.born, 3), requests=view.requests, value=view.value, rss=view.rss,
+            signal=signal_name(death.signal) if death and death.signal else None,
+            oom_kills=STATE.oom.count if STATE.oom is not None and oom_killed is not None else None,
+        )

@@ -48,6 +48,9 @@ class Verdict:
 
 KEEP = Verdict(Action.KEEP)
 
+# Every Verdict.reason, in a fixed order: the scoreboard keeps a worker's dry-run reasons as bits.
+REASONS = ("hard_limit", "soft_limit")
+
 
 class Monitor(Protocol):
     def observe(self, sample: Sample) -> Verdict | None:

@@ -13,6 +13,9 @@ import enum
 import mmap
 import struct
 from dataclasses import dataclass
+from typing import Iterable
+
+from .policy import REASONS
 
 DEFAULT_SLOTS = 512
 
@@ -26,12 +29,13 @@ class State(enum.IntEnum):
     OVERRAN = 5  # memguard ended it: its drain outlived graceful_timeout
 
 
-# pid, state, born, updated, value, rss, limit, requests, retire_started, reason
-_SLOT = struct.Struct("<q q d d q q q q d 24s")
+# pid, state, born, updated, value, rss, limit, requests, retire_started, reason, would_retire
+_SLOT = struct.Struct("<q q d d q q q q d 24s q")
 _SIZE = 128
 _OFFSETS = {
     "pid": 0, "state": 8, "born": 16, "updated": 24, "value": 32,
     "rss": 40, "limit": 48, "requests": 56, "retire_started": 64, "reason": 72,
+    "would_retire": 96,
 }
 _Q = struct.Struct("<q")
 _D = struct.Struct("<d")
@@ -49,6 +53,16 @@ class SlotView:
     requests: int
     retire_started: float  # wall-clock seconds, 0 if not retiring
     reason: str
+    would_retire: int  # dry run: bit i set once the worker would have retired for policy.REASONS[i]
+
+
+def encode_reasons(reasons: Iterable[str]) -> int:
+    """Retirement reasons as bits of ``policy.REASONS`` (unknown ones are dropped)."""
+    return sum(1 << REASONS.index(r) for r in set(reasons) if r in REASONS)
+
+
+def decode_reasons(mask: int) -> list[str]:
+    return [reason for i, reason in enumerate(REASONS) if mask & (1 << i)]
 
 
 class Scoreboard:
@@ -64,7 +78,7 @@ class Scoreboard:
         """Reserve a free slot for a worker about to be forked; None when all are taken."""
         for index in range(self.slots):
             if _Q.unpack_from(self._map, self._base(index) + _OFFSETS["state"])[0] == State.FREE:
-                _SLOT.pack_into(self._map, self._base(index), 0, State.STARTING, 0, 0, 0, 0, 0, 0, 0, b"")
+                _SLOT.pack_into(self._map, self._base(index), 0, State.STARTING, 0, 0, 0, 0, 0, 0, 0, b"", 0)
                 return index
         return None
 
@@ -72,17 +86,25 @@ class Scoreboard:
         self.set_state(index, State.FREE)
 
     def read(self, index: int) -> SlotView:
-        pid, state, born, updated, value, rss, limit, requests, retire_started, reason = _SLOT.unpack_from(
+        pid, state, born, updated, value, rss, limit, requests, retire_started, reason, would = _SLOT.unpack_from(
             self._map, self._base(index)
         )
         return SlotView(
             pid, State(state), born, updated, value, rss, limit, requests, retire_started,
-            reason.rstrip(b"\0").decode("ascii", "replace"),
+            reason.rstrip(b"\0").decode("ascii", "replace"), would,
         )
+
+    def occupied(self) -> list[tuple[int, SlotView]]:
+        """Every slot in use, with its index (the metrics' bounded worker identity)."""
+        return [
+            (index, self.read(index))
+            for index in range(self.slots)
+            if _Q.unpack_from(self._map, self._base(index) + _OFFSETS["state"])[0] != State.FREE
+        ]
 
     # -- worker side --------------------------------------------------------------------
     def start(self, index: int, pid: int, born: float, limit: int) -> None:
-        _SLOT.pack_into(self._map, self._base(index), pid, State.RUNNING, born, born, 0, 0, limit, 0, 0, b"")
+        _SLOT.pack_into(self._map, self._base(index), pid, State.RUNNING, born, born, 0, 0, limit, 0, 0, b"", 0)
 
     def sample(self, index: int, now: float, value: int, rss: int, requests: int) -> None:
         base = self._base(index)
@@ -96,6 +118,10 @@ class Scoreboard:
         struct.pack_into("<24s", self._map, base + _OFFSETS["reason"], reason.encode("ascii", "replace")[:24])
         _D.pack_into(self._map, base + _OFFSETS["retire_started"], now)
         _Q.pack_into(self._map, base + _OFFSETS["state"], State.RETIRING)
+
+    def would_retire(self, index: int, mask: int) -> None:
+        """Dry run: the reasons (bits of ``policy.REASONS``) this worker would have retired for."""
+        _Q.pack_into(self._map, self._base(index) + _OFFSETS["would_retire"], mask)
 
     def set_state(self, index: int, state: State) -> None:
         _Q.pack_into(self._map, self._base(index) + _OFFSETS["state"], state)

@@ -8,6 +8,7 @@ is reported at once, each naming the setting, the value, where it came from and 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -50,6 +51,39 @@ def _parse_interval(value: object) -> float:
     return seconds
 
 
+PORT_FORM = "a TCP port number from 1 to 65535 (e.g. 9300)"
+ADDRESS_FORM = "an IP address (e.g. 127.0.0.1, 0.0.0.0 or ::1)"
+PATH_FORM = "a file path (e.g. /var/log/memguard.jsonl)"
+
+
+def _parse_port(value: object) -> int:
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"expected {PORT_FORM}") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"expected {PORT_FORM}")
+    return port
+
+
+def _parse_address(value: object) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value).strip()))
+    except ValueError:
+        raise ValueError(f"expected {ADDRESS_FORM}") from None
+
+
+def _parse_path(value: object) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ValueError(f"expected {PATH_FORM}")
+    return text
+
+
+def _show_optional(value: object) -> str:
+    return "unset" if value is None else str(value)
+
+
 @dataclass(frozen=True)
 class Spec:
     """How one setting is read and shown."""
@@ -72,6 +106,12 @@ SPECS: dict[str, Spec] = {
     "jitter": Spec(_parse_jitter, PERCENT_FORM, lambda v: f"{v * 100:g}%", "spread each worker's limit below max_memory"),
     "check_interval": Spec(_parse_interval, DURATION_FORM, format_duration, "timer sampling period"),
     "min_lifetime": Spec(parse_duration, DURATION_FORM, format_duration, "no soft-limit retirement younger than this"),
+    # observability
+    "dry_run": Spec(parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "decide and report, but retire nothing"),
+    "event_log": Spec(_parse_path, PATH_FORM, _show_optional, "append one JSON object per event to this file"),
+    "report_interval": Spec(_parse_interval, DURATION_FORM, format_duration, "sample summaries to the event log and statsd"),
+    "prometheus_port": Spec(_parse_port, PORT_FORM, _show_optional, "serve Prometheus metrics from the master"),
+    "prometheus_address": Spec(_parse_address, ADDRESS_FORM, str, "address the Prometheus endpoint listens on"),
 }
 
 
@@ -84,6 +124,12 @@ class Settings:
     jitter: float = 0.10
     check_interval: float = 1.0
     min_lifetime: float = 30.0
+    # observability
+    dry_run: bool = False
+    event_log: str | None = None
+    report_interval: float = 10.0
+    prometheus_port: int | None = None
+    prometheus_address: str = "127.0.0.1"
     # Where each value came from ("default", "env MEMGUARD_X", "config memguard_x"), for `check`.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 

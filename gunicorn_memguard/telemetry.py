@@ -1,0 +1,74 @@
+"""Where memguard reports besides its log lines: the JSON event log and gunicorn's statsd.
+
+statsd goes through gunicorn's own logger: with ``statsd_host`` set, gunicorn's ``Statsd`` logger
+turns a log call carrying ``extra={"metric", "value", "mtype"}`` into a datagram with the user's
+``statsd_prefix`` (and dogstatsd tags), and an empty message logs no text. So memguard needs no
+socket of its own and follows whatever the user configured for gunicorn's metrics.
+
+statsd names (after gunicorn's prefix): gauges ``memguard.worker.<slot>.memory`` (the enforced
+metric), ``.rss``, ``.limit``, ``.requests``, ``.age`` every ``MEMGUARD_REPORT_INTERVAL``;
+counters ``memguard.retirements.<reason>``, ``memguard.would_retire.<reason>`` and
+``memguard.exits.<outcome>``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .eventlog import EventLog
+
+
+class Statsd:
+    def __init__(self, log: Any, cfg: Any) -> None:
+        self.log = log
+        self.enabled = bool(getattr(cfg, "statsd_host", None))
+
+    def _emit(self, name: str, value: float, mtype: str) -> None:
+        if self.enabled:
+            self.log.log(logging.INFO, "", extra={"metric": name, "value": value, "mtype": mtype})
+
+    def gauge(self, name: str, value: float) -> None:
+        self._emit(name, value, "gauge")
+
+    def count(self, name: str, value: int = 1) -> None:
+        self._emit(name, value, "counter")
+
+
+class Telemetry:
+    """Both channels behind one call per kind of event; a failing event log is logged once."""
+
+    def __init__(self, events: EventLog | None, log: Any, cfg: Any) -> None:
+        self.events = events
+        self.log = log
+        self.statsd = Statsd(log, cfg)
+        self._failure_logged = False
+
+    def _event(self, event: str, pid: int, **fields: Any) -> None:
+        if self.events is None:
+            return
+        self.events.write(event, pid, **fields)
+        if self.events.failed is not None and not self._failure_logged:
+            self._failure_logged = True
+            self.log.error("memguard: cannot write the event log %s (%s); no more events go there",
+                           self.events.path, self.events.failed)
+
+    def sample(self, *, pid: int, worker: int | None, age: float, requests: int, metric: str, value: int,
+               exact: bool, rss: int, limit: int | None) -> None:
+        self._event("sample", pid, worker=worker, age=round(age, 3), requests=requests, metric=metric,
+                    value=value, exact=exact, rss=rss, limit=limit)
+        if worker is not None:
+            prefix = f"memguard.worker.{worker}."
+            for name, figure in (("memory", value), ("rss", rss), ("limit", limit or 0), ("requests", requests),
+                                 ("age", round(age, 3))):
+                self.statsd.gauge(prefix + name, figure)
+
+    def retirement(self, *, dry_run: bool, pid: int, worker: int | None, age: float, requests: int, metric: str,
+                   value: int, limit: int, reason: str, detail: str) -> None:
+        self._event("would_retire" if dry_run else "retire", pid, worker=worker, age=round(age, 3),
+                    requests=requests, metric=metric, value=value, limit=limit, reason=reason, detail=detail)
+        self.statsd.count(f"memguard.{'would_retire' if dry_run else 'retirements'}.{reason}")
+
+    def exit(self, *, pid: int, worker: int | None, outcome: str, **fields: Any) -> None:
+        self._event("exit", pid, worker=worker, outcome=outcome, **fields)
+        self.statsd.count(f"memguard.exits.{outcome}")

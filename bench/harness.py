@@ -217,3 +217,52 @@ def load(server: Gunicorn, path: str, requests: int, concurrency: int, timeout: 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(client, per_client))
     return LoadResult(statuses)
+
+
+def scrape(port: int, timeout: float = 5.0) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """GET a Prometheus endpoint on 127.0.0.1 and parse it: sample name -> sorted labels -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        if resp.status != 200:
+            raise AssertionError(f"scrape answered {resp.status}: {body}")
+    finally:
+        conn.close()
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+class StatsdListener:
+    """A UDP statsd server on 127.0.0.1 that keeps every datagram it receives, in a thread."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.datagrams: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.datagrams.append(self.sock.recv(65536).decode(errors="replace"))
+            except socket.timeout:
+                continue
+
+    def matching(self, prefix: str) -> list[str]:
+        return [d for d in list(self.datagrams) if d.startswith(prefix)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()

@@ -1,0 +1,87 @@
+"""How the master explains a worker's end: its scoreboard slot, how the kernel says it died, and
+whether the cgroup's oom_kill counter rose — the counter read from cgroup fixture trees."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from gunicorn_memguard.events import Death, exit_report
+from gunicorn_memguard.master import OomWatch
+from gunicorn_memguard.probes.cgroup import find_memory_cgroup
+from gunicorn_memguard.scoreboard import SlotView, State
+
+from .test_cgroup import PROC_MOUNT, V1_MEMORY_MOUNT, V2_MOUNT, make_tree
+
+MiB = 2**20
+KILLED = Death(signal.SIGKILL, None)
+
+
+def slot(state: State = State.RUNNING, retire_started: float = 0.0, reason: str = "") -> SlotView:
+    return SlotView(pid=42, state=state, born=100.0, updated=110.0, value=300 * MiB, rss=310 * MiB,
+                    limit=256 * MiB, requests=7, retire_started=retire_started, reason=reason, would_retire=0)
+
+
+V2_EVENTS = "/sys/fs/cgroup/app/memory.events"
+V1_OOM_CONTROL = "/sys/fs/cgroup/memory/app/memory.oom_control"
+TREES = {
+    "v2": ({"/proc/self/cgroup": "0::/app\n", "/proc/self/mountinfo": PROC_MOUNT + V2_MOUNT,
+            "/sys/fs/cgroup/app/memory.max": "1073741824\n"},
+           V2_EVENTS, "low 0\nhigh 0\nmax 9\noom 1\noom_kill {n}\noom_group_kill 0\n"),
+    "v1": ({"/proc/self/cgroup": "9:memory:/app\n", "/proc/self/mountinfo": PROC_MOUNT + V1_MEMORY_MOUNT,
+            "/sys/fs/cgroup/memory/app/memory.limit_in_bytes": "1073741824\n"},
+           V1_OOM_CONTROL, "oom_kill_disable 0\nunder_oom 0\noom_kill {n}\n"),
+}
+
+
+@pytest.mark.parametrize("version", TREES)
+def test_sigkill_with_a_rising_oom_kill_count_is_the_oom_killer(version: str, tmp_path: Path) -> None:
+    files, counter, template = TREES[version]
+    root = make_tree(tmp_path, {**files, counter: template.format(n=2)})
+    watch = OomWatch(find_memory_cgroup(root))
+    assert watch.cgroup is not None and watch.cgroup.version == version and watch.count == 2
+
+    assert watch.rose() is False  # nothing happened yet: a SIGKILL now has an unknown cause
+    report = exit_report(42, slot(), 120.0, KILLED, watch.rose())
+    assert report.outcome == "sigkill"
+    assert "was killed by SIGKILL (cause unknown: its cgroup's oom_kill count did not rise)" in report.message
+
+    make_tree(tmp_path, {counter: template.format(n=3)})  # the kernel OOM-killed someone in our cgroup
+    report = exit_report(42, slot(), 120.0, KILLED, watch.rose())
+    assert (report.level, report.outcome) == ("error", "oom_killed")
+    assert "was killed by the kernel OOM killer" in report.message
+    assert "no retirement in progress; last 300.0 MiB (rss 310.0 MiB)" in report.message
+    assert watch.count == 3 and watch.rose() is False  # each rise explains one death
+
+
+def test_no_cgroup_counter_means_cause_unknown(tmp_path: Path) -> None:
+    files, _, _ = TREES["v1"]  # an old v1 kernel: memory.oom_control has no oom_kill line
+    root = make_tree(tmp_path, {**files, V1_OOM_CONTROL: "oom_kill_disable 0\nunder_oom 0\n"})
+    watch = OomWatch(find_memory_cgroup(root))
+    assert watch.rose() is None
+    report = exit_report(42, slot(), 120.0, KILLED, watch.rose())
+    assert report.outcome == "sigkill" and "no cgroup oom_kill count to check" in report.message
+    assert OomWatch(None).rose() is None
+
+
+def test_other_ends() -> None:
+    assert exit_report(42, slot(), 120.0, Death(signal.SIGSEGV, None)).outcome == "signal"
+    assert "was killed by SIGSEGV" in exit_report(42, slot(), 120.0, Death(signal.SIGSEGV, None)).message
+    # no status peeked (e.g. a gunicorn that reaps elsewhere): the older, hedged wording
+    unknown = exit_report(42, slot(), 120.0, None)
+    assert unknown.outcome == "died" and "likely cause" in unknown.message
+    assert exit_report(42, slot(State.EXITED), 120.0, Death(None, 0)).outcome == "exited"
+    assert exit_report(7, slot(), 120.0, KILLED).outcome == "unknown"  # slot of another pid
+
+
+def test_ends_during_a_retirement() -> None:
+    graceful = exit_report(42, slot(State.EXITED, 118.0, "soft_limit"), 120.0, Death(None, 0))
+    assert graceful.outcome == "graceful" and "drain=2.0s" in graceful.message
+    overran = exit_report(42, slot(State.OVERRAN, 110.0, "soft_limit"), 120.0, Death(None, 1))
+    assert overran.outcome == "overran"
+    killed = exit_report(42, slot(State.RETIRING, 118.0, "hard_limit"), 120.0, KILLED, True)
+    assert killed.outcome == "killed_while_retiring"
+    assert "was killed by the kernel OOM killer" in killed.message
+    assert "2.0s into its retirement (reason=hard_limit)" in killed.message

@@ -1,0 +1,157 @@
+"""Event log, statsd through gunicorn's own Statsd logger, the master's tally and the Prometheus
+collector over a real scoreboard, and the observability settings."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from gunicorn.config import Config
+from gunicorn.glogging import Logger
+from gunicorn.instrument.statsd import Statsd
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.harness import StatsdListener, poll
+from gunicorn_memguard.eventlog import SCHEMA_VERSION, EventLog
+from gunicorn_memguard.prometheus import ScoreboardCollector
+from gunicorn_memguard.scoreboard import Scoreboard, decode_reasons, encode_reasons
+from gunicorn_memguard.settings import Settings, SettingsError, load_settings
+from gunicorn_memguard.tally import Tally
+from gunicorn_memguard.telemetry import Telemetry
+
+MiB = 2**20
+
+
+# -- settings -------------------------------------------------------------------------------
+def test_observability_settings():
+    settings = load_settings({"MEMGUARD_DRY_RUN": "yes", "MEMGUARD_PROMETHEUS_PORT": "9300"},
+                             {"memguard_event_log": "events.jsonl", "memguard_prometheus_address": "::1"})
+    assert settings.dry_run and settings.prometheus_port == 9300 and settings.prometheus_address == "::1"
+    assert settings.event_log == "events.jsonl" and settings.report_interval == 10.0
+    defaults = Settings()
+    assert not defaults.dry_run and defaults.prometheus_port is None and defaults.prometheus_address == "127.0.0.1"
+
+
+@pytest.mark.parametrize("name,value,form", [
+    ("MEMGUARD_PROMETHEUS_PORT", "http", "a TCP port number from 1 to 65535"),
+    ("MEMGUARD_PROMETHEUS_PORT", "70000", "a TCP port number from 1 to 65535"),
+    ("MEMGUARD_PROMETHEUS_ADDRESS", "localhost", "an IP address"),
+    ("MEMGUARD_REPORT_INTERVAL", "10", "did you mean '10s'"),
+    ("MEMGUARD_DRY_RUN", "maybe", "one of 1/0"),
+])
+def test_bad_observability_settings_name_the_value_and_form(name, value, form):
+    with pytest.raises(SettingsError) as err:
+        load_settings({name: value}, {})
+    assert f"{name}={value!r} is invalid" in str(err.value) and form in str(err.value)
+
+
+# -- event log ------------------------------------------------------------------------------
+def test_event_log_appends_one_json_object_per_line(tmp_path: Path):
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"v":1,"event":"older"}\n')
+    log = EventLog(str(path))
+    log.write("retire", 42, worker=0, value=300 * MiB, reason="soft_limit")
+    log.write("exit", 42, worker=0, outcome="graceful", drain=None)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["event"] == "older"  # appended, not truncated
+    first = json.loads(lines[1])
+    assert first["v"] == SCHEMA_VERSION and first["pid"] == 42 and first["value"] == 300 * MiB
+    assert json.loads(lines[2])["drain"] is None
+
+
+class RecordingLog:
+    """Stands in for gunicorn's logger where only what memguard says matters."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error(self, msg: str, *args: object) -> None:
+        self.errors.append(msg % args)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_failing_event_log_is_reported_once_and_then_left_alone():
+    log = RecordingLog()
+    telemetry = Telemetry(EventLog("/dev/full"), log, Config())
+    for _ in range(3):
+        telemetry.exit(pid=1, worker=0, outcome="exited")
+    assert len(log.errors) == 1 and "cannot write the event log /dev/full" in log.errors[0]
+
+
+# -- statsd, through gunicorn's own Statsd logger --------------------------------------------
+def test_statsd_goes_through_gunicorns_logger_with_its_prefix():
+    listener = StatsdListener()
+    try:
+        cfg = Config()
+        cfg.set("statsd_host", f"127.0.0.1:{listener.port}")
+        cfg.set("statsd_prefix", "web")
+        telemetry = Telemetry(None, Statsd(cfg), cfg)
+        telemetry.sample(pid=1, worker=3, age=5.0, requests=9, metric="uss", value=100, exact=True, rss=120,
+                         limit=None)
+        telemetry.retirement(dry_run=True, pid=1, worker=3, age=5.0, requests=9, metric="uss", value=100,
+                             limit=90, reason="soft_limit", detail="")
+        expected = {"web.memguard.worker.3.memory:100|g", "web.memguard.worker.3.rss:120|g",
+                    "web.memguard.worker.3.limit:0|g", "web.memguard.worker.3.requests:9|g",
+                    "web.memguard.worker.3.age:5.0|g", "web.memguard.would_retire.soft_limit:1|c|@1.0"}
+        poll(lambda: expected <= set(listener.datagrams), timeout=5, what=f"{expected} in {listener.datagrams}")
+    finally:
+        listener.close()
+
+
+def test_without_statsd_host_nothing_is_logged(capsys):
+    cfg = Config()
+    Telemetry(None, Logger(cfg), cfg).exit(pid=1, worker=0, outcome="exited")
+    captured = capsys.readouterr()
+    assert captured.out == captured.err == ""  # gunicorn's plain logger would print an empty line
+
+
+# -- tally and collector over a real scoreboard ----------------------------------------------
+def scrape(registry: CollectorRegistry) -> dict[str, dict[tuple, float]]:
+    samples: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for s in family.samples:
+            samples.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return samples
+
+
+def test_collector_reads_the_scoreboard_and_counters_survive_the_exit():
+    board, tally = Scoreboard(slots=8), Tally()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ScoreboardCollector(board, tally, Settings(max_memory=256 * MiB, dry_run=True)))
+    a, b = board.claim(), board.claim()
+    board.start(a, 1001, born=1000.0, limit=250 * MiB)
+    board.start(b, 1002, born=1000.0, limit=240 * MiB)
+    board.sample(a, 1010.0, 200 * MiB, 210 * MiB, requests=17)
+    board.retiring(b, 1011.0, "soft_limit")
+    board.would_retire(a, encode_reasons(["soft_limit", "hard_limit"]))
+
+    live = scrape(registry)
+    assert live["memguard_worker_pid"] == {(("worker", "0"),): 1001, (("worker", "1"),): 1002}
+    assert live["memguard_worker_memory_bytes"][(("metric", "uss"), ("worker", "0"))] == 200 * MiB
+    assert live["memguard_worker_rss_bytes"][(("worker", "0"),)] == 210 * MiB
+    assert live["memguard_worker_limit_bytes"][(("worker", "1"),)] == 240 * MiB
+    assert live["memguard_worker_requests"][(("worker", "0"),)] == 17
+    assert live["memguard_worker_retiring"] == {(("worker", "0"),): 0, (("worker", "1"),): 1}
+    assert live["memguard_retirements_total"][(("reason", "soft_limit"),)] == 1
+    assert live["memguard_would_retire_total"] == {(("reason", "hard_limit"),): 1, (("reason", "soft_limit"),): 1}
+    assert live["memguard_dry_run"][()] == 1 and live["memguard_limit_bytes"] == {(("kind", "soft"),): 256 * MiB}
+
+    with tally.lock:  # what report_exit does when it reaps worker b
+        tally.fold(board.read(b), "graceful")
+        board.release(b)
+    reaped = scrape(registry)
+    assert set(reaped["memguard_worker_pid"]) == {(("worker", "0"),)}
+    assert reaped["memguard_retirements_total"][(("reason", "soft_limit"),)] == 1  # still counted, once
+    assert reaped["memguard_worker_exits_total"][(("outcome", "graceful"),)] == 1
+
+    c = board.claim()  # the replacement takes the freed slot: the same bounded label
+    board.start(c, 1003, born=1020.0, limit=245 * MiB)
+    assert c == b and scrape(registry)["memguard_worker_pid"][(("worker", str(b)),)] == 1003
+
+
+def test_reason_bits_round_trip():
+    assert decode_reasons(encode_reasons(["soft_limit", "hard_limit", "soft_limit"])) == ["hard_limit", "soft_limit"]
+    assert encode_reasons(["not_a_reason"]) == 0

@@ -11,6 +11,8 @@ import re
 import threading
 from collections import Counter
 
+import psutil
+
 from .conftest import MiB
 from bench.harness import Gunicorn, StatsdListener, free_port, load, poll, scrape
 
@@ -49,6 +51,8 @@ def test_prometheus_and_statsd_follow_retirements_under_load(baseline_uss, tmp_p
                           timeout=10, what="both workers in the scrape")
             assert set(workers_seen(before)) == {"0", "1"}, "worker label is the slot, bounded by the worker count"
             assert counter(before, "memguard_retirements_total", reason="soft_limit") == 0
+            for pid in first:  # forked workers closed their copy of the master's metrics socket
+                assert all(c.laddr.port != metrics_port for c in psutil.Process(pid).net_connections("tcp"))
             for labels, value in before["memguard_worker_limit_bytes"].items():
                 assert limit * 0.9 - 1 <= value <= limit, (labels, value)
 

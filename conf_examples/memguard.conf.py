@@ -11,6 +11,10 @@ memguard_metric = "uss"  # rss, uss or pss: what the limits apply to
 memguard_jitter = "10%"  # each worker's limit is drawn once in [90%, 100%] of max_memory
 memguard_min_lifetime = "30s"  # no soft-limit retirement of a younger worker
 memguard_check_interval = "1s"  # timer sampling, on top of a check after every request
+# observability
+memguard_dry_run = False  # True: judge and report "would retire", retire nothing (tune limits first)
+# memguard_event_log = "/var/log/memguard.jsonl"  # one JSON object per event
+# memguard_prometheus_port = 9300  # metrics at http://127.0.0.1:9300/metrics (extra "prometheus")
 
 # -- gunicorn, as usual ----------------------------------------------------------------------
 workers = 4

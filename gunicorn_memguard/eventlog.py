@@ -15,7 +15,8 @@ Schema (version 1, the ``v`` field; fields are only ever added within a version)
   ``requests``, ``metric``, ``value``, ``limit``, ``reason``, ``detail``
 - ``exit`` (the master, once per worker it reaps): ``worker``, ``outcome``, ``reason`` (of the
   retirement, or null), ``drain`` (seconds, or null), ``age``, ``requests``, ``value``, ``rss``
-  (last known), ``signal`` (name of the signal that ended it, or null), ``oom_kills`` (the
+  (last known), ``signal`` (name of the signal that ended it, or null), ``code`` (its exit
+  status, or null), ``oom_kills`` (the
   cgroup's ``oom_kill`` counter when it was checked, or null)
 """
 

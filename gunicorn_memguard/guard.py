@@ -145,10 +145,22 @@ class Guard:
             self.scoreboard.sample(self.slot, time.time(), sample.value, rss, self.requests)
         if self.telemetry is not None and sample.time - self._last_report >= self.settings.report_interval:
             self._last_report = sample.time
-            self.telemetry.sample(
+            self._tell(lambda telemetry: telemetry.sample(
                 pid=self.pid, worker=self.slot, age=sample.time - self.born, requests=self.requests,
                 metric=self.settings.metric, value=sample.value, exact=sample.exact, rss=rss, limit=self.limit,
-            )
+            ))
+
+    def _tell(self, report: Callable[[Telemetry], None]) -> None:
+        """Telemetry is best effort: a fault there turns telemetry off (logged once), never the guard."""
+        telemetry = self.telemetry
+        if telemetry is None:
+            return
+        try:
+            report(telemetry)
+        except Exception as exc:  # noqa: BLE001
+            self.telemetry = None
+            self.log.error("memguard: reporting failed in worker %s (%r); it carries on without the event log "
+                           "and statsd", self.pid, exc)
 
     def _estimate(self, rss: int) -> int:
         """USS/PSS now, estimated without reading smaps: the last exact value plus RSS growth
@@ -164,8 +176,7 @@ class Guard:
         figures = dict(pid=self.pid, age=age, requests=self.requests, metric=self.settings.metric,
                        value=verdict.value, limit=verdict.limit, reason=verdict.reason, detail=verdict.detail)
         self.log.warning(retirement_line(**figures, dry_run=dry_run))
-        if self.telemetry is not None:
-            self.telemetry.retirement(dry_run=dry_run, worker=self.slot, **figures)
+        self._tell(lambda telemetry: telemetry.retirement(dry_run=dry_run, worker=self.slot, **figures))
 
     def _dry_retirement(self, verdict: Verdict) -> None:
         """Dry run: report what would have been retired, once per worker per reason; retire nothing."""

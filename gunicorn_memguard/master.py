@@ -225,5 +225,6 @@ def report_exit(worker: Any, log: Any, cfg: Any) -> None:
             drain=round(now - view.retire_started, 3) if view.retire_started else None,
             age=round(now - view.born, 3), requests=view.requests, value=view.value, rss=view.rss,
             signal=signal_name(death.signal) if death and death.signal else None,
+            code=death.code if death else None,
             oom_kills=STATE.oom.count if STATE.oom is not None and oom_killed is not None else None,
         )

@@ -155,3 +155,38 @@ def test_collector_reads_the_scoreboard_and_counters_survive_the_exit():
 def test_reason_bits_round_trip():
     assert decode_reasons(encode_reasons(["soft_limit", "hard_limit", "soft_limit"])) == ["hard_limit", "soft_limit"]
     assert encode_reasons(["not_a_reason"]) == 0
+
+
+# -- a broken reporter never costs the guard -------------------------------------------------
+class BrokenTelemetry(Telemetry):
+    def __init__(self) -> None:
+        pass
+
+    def sample(self, **fields: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    def retirement(self, **fields: object) -> None:
+        raise RuntimeError("disk on fire")
+
+
+class WarningsToo(RecordingLog):
+    def warning(self, msg: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_failing_reporter_turns_itself_off_and_the_guard_still_acts(dry_run):
+    from types import SimpleNamespace
+
+    from gunicorn_memguard.guard import Guard
+
+    retired: list[bool] = []
+    log = WarningsToo()
+    guard = Guard(SimpleNamespace(nr=0, cfg=SimpleNamespace(graceful_timeout=1)),
+                  Settings(hard_max_memory=1, metric="rss", report_interval=0.01, dry_run=dry_run),
+                  lambda: retired.append(True), log, None, None, start_thread=lambda target: None,
+                  telemetry=BrokenTelemetry())
+    guard._check(from_timer=True)  # any RSS is over a 1-byte hard limit
+    assert retired == ([] if dry_run else [True])
+    assert guard.telemetry is None and len(log.errors) == 1 and "reporting failed" in log.errors[0]
+    assert not guard._broken, "the guard itself keeps working"

@@ -109,7 +109,7 @@ SPECS: dict[str, Spec] = {
     # observability
     "dry_run": Spec(parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "decide and report, but retire nothing"),
     "event_log": Spec(_parse_path, PATH_FORM, _show_optional, "append one JSON object per event to this file"),
-    "report_interval": Spec(_parse_interval, DURATION_FORM, format_duration, "sample summaries to the event log and statsd"),
+    "report_interval": Spec(_parse_interval, DURATION_FORM, format_duration, "how often to report a sample summary"),
     "prometheus_port": Spec(_parse_port, PORT_FORM, _show_optional, "serve Prometheus metrics from the master"),
     "prometheus_address": Spec(_parse_address, ADDRESS_FORM, str, "address the Prometheus endpoint listens on"),
 }

@@ -64,7 +64,7 @@ def test_prometheus_and_statsd_follow_retirements_under_load(baseline_uss, tmp_p
             scrapes = []
             while loader.is_alive():
                 scrapes.append(scrape(metrics_port))
-                loader.join(0.2)
+                loader.join(0.02)
             assert result[0].failed == []
             retired = server.log_lines("memguard: retiring worker")
             assert retired, "the load should have retired workers"

@@ -9,8 +9,7 @@ Schema (version 1, the ``v`` field; fields are only ever added within a version)
 
 - every event: ``v``, ``ts`` (Unix time, seconds), ``event``, ``pid``
 - ``sample`` (each worker, every ``MEMGUARD_REPORT_INTERVAL``): ``worker``, ``age``, ``requests``,
-  ``metric``, ``value`` (bytes), ``exact`` (false: ``value`` is RSS standing in for USS/PSS, an
-  upper bound, because the worker was far below its limits), ``rss``, ``limit`` (null if none)
+  ``metric``, ``value`` (bytes, read exactly), ``rss``, ``limit`` (null if none)
 - ``retire`` and ``would_retire`` (dry run, once per worker per reason): ``worker``, ``age``,
   ``requests``, ``metric``, ``value``, ``limit``, ``reason``, ``detail``
 - ``exit`` (the master, once per worker it reaps): ``worker``, ``outcome``, ``reason`` (of the

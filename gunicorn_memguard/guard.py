@@ -140,14 +140,26 @@ class Guard:
         return verdict
 
     def _record(self, sample: Sample, rss: int) -> None:
-        """Publish a timer sample: to the scoreboard every time, to telemetry every report_interval."""
+        """Publish a timer sample to the scoreboard. Every report_interval, also read the metric
+        exactly if the sample was only a bound (one smaps read per interval, in this thread), so
+        that metrics and the event log show the real USS/PSS, and report it to telemetry."""
+        now = time.time()
+        report_due = sample.time - self._last_report >= self.settings.report_interval
+        if report_due and not sample.exact:
+            self._last_exact, self._last_exact_rss = sample.time, rss
+            self._last_exact_value = self.probe.read(self.settings.metric)
+            exact: Sample | None = Sample(sample.time, self._last_exact_value)
+        else:
+            exact = sample if sample.exact else None
         if self.slot is not None:
-            self.scoreboard.sample(self.slot, time.time(), sample.value, rss, self.requests)
-        if self.telemetry is not None and sample.time - self._last_report >= self.settings.report_interval:
+            self.scoreboard.sample(self.slot, now, sample.value, rss, self.requests)
+            if exact is not None:
+                self.scoreboard.exact(self.slot, now, exact.value)
+        if report_due and exact is not None:
             self._last_report = sample.time
             self._tell(lambda telemetry: telemetry.sample(
                 pid=self.pid, worker=self.slot, age=sample.time - self.born, requests=self.requests,
-                metric=self.settings.metric, value=sample.value, exact=sample.exact, rss=rss, limit=self.limit,
+                metric=self.settings.metric, value=exact.value, rss=rss, limit=self.limit,
             ))
 
     def _tell(self, report: Callable[[Telemetry], None]) -> None:

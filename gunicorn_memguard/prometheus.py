@@ -67,9 +67,8 @@ class ScoreboardCollector:
 
         metric = self.settings.metric
         yield per_worker("memguard_worker_memory_bytes",
-                         "Enforced metric at the worker's last timer sample (RSS, an upper bound, "
-                         "stands in for USS/PSS while the worker is far below its limits)",
-                         lambda v: v.value, {"metric": metric})
+                         "The enforced metric, read exactly at least every MEMGUARD_REPORT_INTERVAL",
+                         lambda v: v.exact if v.exact_at else None, {"metric": metric})
         yield per_worker("memguard_worker_rss_bytes", "Worker RSS at its last timer sample", lambda v: v.rss)
         yield per_worker("memguard_worker_limit_bytes", "Worker's effective (jittered) soft limit",
                          lambda v: v.limit or None)

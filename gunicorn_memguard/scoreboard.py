@@ -29,13 +29,13 @@ class State(enum.IntEnum):
     OVERRAN = 5  # memguard ended it: its drain outlived graceful_timeout
 
 
-# pid, state, born, updated, value, rss, limit, requests, retire_started, reason, would_retire
-_SLOT = struct.Struct("<q q d d q q q q d 24s q")
+# pid, state, born, updated, value, rss, limit, requests, retire_started, reason, would_retire, exact, exact_at
+_SLOT = struct.Struct("<q q d d q q q q d 24s q q d")
 _SIZE = 128
 _OFFSETS = {
     "pid": 0, "state": 8, "born": 16, "updated": 24, "value": 32,
     "rss": 40, "limit": 48, "requests": 56, "retire_started": 64, "reason": 72,
-    "would_retire": 96,
+    "would_retire": 96, "exact": 104, "exact_at": 112,
 }
 _Q = struct.Struct("<q")
 _D = struct.Struct("<d")
@@ -54,6 +54,8 @@ class SlotView:
     retire_started: float  # wall-clock seconds, 0 if not retiring
     reason: str
     would_retire: int  # dry run: bit i set once the worker would have retired for policy.REASONS[i]
+    exact: int  # last exact reading of the enforced metric (for metrics: ``value`` may be a bound)
+    exact_at: float  # when it was read, 0 if never
 
 
 def encode_reasons(reasons: Iterable[str]) -> int:
@@ -78,7 +80,7 @@ class Scoreboard:
         """Reserve a free slot for a worker about to be forked; None when all are taken."""
         for index in range(self.slots):
             if _Q.unpack_from(self._map, self._base(index) + _OFFSETS["state"])[0] == State.FREE:
-                _SLOT.pack_into(self._map, self._base(index), 0, State.STARTING, 0, 0, 0, 0, 0, 0, 0, b"", 0)
+                _SLOT.pack_into(self._map, self._base(index), 0, State.STARTING, 0, 0, 0, 0, 0, 0, 0, b"", 0, 0, 0)
                 return index
         return None
 
@@ -86,12 +88,11 @@ class Scoreboard:
         self.set_state(index, State.FREE)
 
     def read(self, index: int) -> SlotView:
-        pid, state, born, updated, value, rss, limit, requests, retire_started, reason, would = _SLOT.unpack_from(
-            self._map, self._base(index)
-        )
+        (pid, state, born, updated, value, rss, limit, requests, retire_started, reason, would, exact,
+         exact_at) = _SLOT.unpack_from(self._map, self._base(index))
         return SlotView(
             pid, State(state), born, updated, value, rss, limit, requests, retire_started,
-            reason.rstrip(b"\0").decode("ascii", "replace"), would,
+            reason.rstrip(b"\0").decode("ascii", "replace"), would, exact, exact_at,
         )
 
     def occupied(self) -> list[tuple[int, SlotView]]:
@@ -104,7 +105,7 @@ class Scoreboard:
 
     # -- worker side --------------------------------------------------------------------
     def start(self, index: int, pid: int, born: float, limit: int) -> None:
-        _SLOT.pack_into(self._map, self._base(index), pid, State.RUNNING, born, born, 0, 0, limit, 0, 0, b"", 0)
+        _SLOT.pack_into(self._map, self._base(index), pid, State.RUNNING, born, born, 0, 0, limit, 0, 0, b"", 0, 0, 0)
 
     def sample(self, index: int, now: float, value: int, rss: int, requests: int) -> None:
         base = self._base(index)
@@ -118,6 +119,11 @@ class Scoreboard:
         struct.pack_into("<24s", self._map, base + _OFFSETS["reason"], reason.encode("ascii", "replace")[:24])
         _D.pack_into(self._map, base + _OFFSETS["retire_started"], now)
         _Q.pack_into(self._map, base + _OFFSETS["state"], State.RETIRING)
+
+    def exact(self, index: int, now: float, value: int) -> None:
+        base = self._base(index)
+        _Q.pack_into(self._map, base + _OFFSETS["exact"], value)
+        _D.pack_into(self._map, base + _OFFSETS["exact_at"], now)
 
     def would_retire(self, index: int, mask: int) -> None:
         """Dry run: the reasons (bits of ``policy.REASONS``) this worker would have retired for."""

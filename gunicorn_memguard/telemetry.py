@@ -54,9 +54,9 @@ class Telemetry:
                            self.events.path, self.events.failed)
 
     def sample(self, *, pid: int, worker: int | None, age: float, requests: int, metric: str, value: int,
-               exact: bool, rss: int, limit: int | None) -> None:
+               rss: int, limit: int | None) -> None:
         self._event("sample", pid, worker=worker, age=round(age, 3), requests=requests, metric=metric,
-                    value=value, exact=exact, rss=rss, limit=limit)
+                    value=value, rss=rss, limit=limit)
         if worker is not None:
             prefix = f"memguard.worker.{worker}."
             for name, figure in (("memory", value), ("rss", rss), ("limit", limit or 0), ("requests", requests),

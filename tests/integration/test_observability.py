@@ -85,7 +85,8 @@ def test_prometheus_and_statsd_follow_retirements_under_load(baseline_uss, tmp_p
             for label, pid in workers_seen(now).items():
                 age = now["memguard_worker_age_seconds"][(("worker", label),)]
                 assert 0 <= age < 120, (pid, age)
-                assert now["memguard_worker_memory_bytes"][(("metric", "uss"), ("worker", label))] > 0
+                uss = now["memguard_worker_memory_bytes"][(("metric", "uss"), ("worker", label))]
+                assert 0 < uss < now["memguard_worker_rss_bytes"][(("worker", label),)]  # USS, not an RSS bound
 
             # statsd: the same figures through gunicorn's statsd channel, with the user's prefix
             poll(lambda: statsd.matching("app.memguard.retirements.soft_limit:1|c"), timeout=10,
@@ -160,7 +161,8 @@ def test_event_log_from_several_workers_has_no_torn_lines(tmp_path):
     by_pid = Counter(r["pid"] for r in records if r["event"] == "sample")
     assert set(by_pid) == pids and min(by_pid.values()) >= 100, by_pid
     sample = next(r for r in records if r["event"] == "sample")
-    assert {"worker", "age", "requests", "metric", "value", "exact", "rss", "limit"} <= set(sample)
+    assert {"worker", "age", "requests", "metric", "value", "rss", "limit"} <= set(sample)
+    assert all(0 < r["value"] < r["rss"] for r in records if r["event"] == "sample"), "value is USS, read exactly"
     exits = [r for r in records if r["event"] == "exit"]
     assert {r["pid"] for r in exits} == pids and {r["outcome"] for r in exits} == {"exited"}
     print(f"{len(records)} events from {len(pids)} workers, {len(raw)} bytes")

@@ -89,8 +89,7 @@ def test_statsd_goes_through_gunicorns_logger_with_its_prefix():
         cfg.set("statsd_host", f"127.0.0.1:{listener.port}")
         cfg.set("statsd_prefix", "web")
         telemetry = Telemetry(None, Statsd(cfg), cfg)
-        telemetry.sample(pid=1, worker=3, age=5.0, requests=9, metric="uss", value=100, exact=True, rss=120,
-                         limit=None)
+        telemetry.sample(pid=1, worker=3, age=5.0, requests=9, metric="uss", value=100, rss=120, limit=None)
         telemetry.retirement(dry_run=True, pid=1, worker=3, age=5.0, requests=9, metric="uss", value=100,
                              limit=90, reason="soft_limit", detail="")
         expected = {"web.memguard.worker.3.memory:100|g", "web.memguard.worker.3.rss:120|g",
@@ -124,13 +123,14 @@ def test_collector_reads_the_scoreboard_and_counters_survive_the_exit():
     a, b = board.claim(), board.claim()
     board.start(a, 1001, born=1000.0, limit=250 * MiB)
     board.start(b, 1002, born=1000.0, limit=240 * MiB)
-    board.sample(a, 1010.0, 200 * MiB, 210 * MiB, requests=17)
+    board.sample(a, 1010.0, 210 * MiB, 210 * MiB, requests=17)  # a bound: RSS standing in for USS
+    board.exact(a, 1010.0, 200 * MiB)
     board.retiring(b, 1011.0, "soft_limit")
     board.would_retire(a, encode_reasons(["soft_limit", "hard_limit"]))
 
     live = scrape(registry)
     assert live["memguard_worker_pid"] == {(("worker", "0"),): 1001, (("worker", "1"),): 1002}
-    assert live["memguard_worker_memory_bytes"][(("metric", "uss"), ("worker", "0"))] == 200 * MiB
+    assert live["memguard_worker_memory_bytes"] == {(("metric", "uss"), ("worker", "0")): 200 * MiB}  # b: unread
     assert live["memguard_worker_rss_bytes"][(("worker", "0"),)] == 210 * MiB
     assert live["memguard_worker_limit_bytes"][(("worker", "1"),)] == 240 * MiB
     assert live["memguard_worker_requests"][(("worker", "0"),)] == 17

@@ -13,14 +13,19 @@ import os
 import random
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
+from . import breaker
+from .budget import PAUSE_BASELINE, PAUSE_NONE, SharedBudget
 from .events import retirement_line
-from .policy import KEEP, Sample, Verdict, build_policy
+from .policy import KEEP, Growth, Sample, Verdict, build_policy
 from .probes.memory import MemoryProbe, ProbeError
+from .reclaim import Reclaimer
 from .retire import Retire
 from .scoreboard import Scoreboard, State
 from .settings import Settings
+from .units import format_size
 
 # A USS/PSS read costs 0.4-17 ms; from the request path, do one at most this often unless an
 # estimate says a limit may have been crossed.
@@ -47,6 +52,7 @@ class Guard:
         scoreboard: Scoreboard | None,
         slot: int | None,
         start_thread: StartThread = start_os_thread,
+        budget: SharedBudget | None = None,
     ) -> None:
         self.worker = worker
         self.settings = settings
@@ -58,15 +64,26 @@ class Guard:
         self.born = time.monotonic()
         self.born_wall = time.time()
         self.probe = MemoryProbe()
+        self.budget = budget
+        soft, hard = budget.limits() if budget is not None else (settings.max_memory, settings.hard_max_memory)
+        self._budget_seen = (soft, hard)
+        growth = settings.max_growth and Growth(
+            settings.max_growth, settings.growth_window, settings.growth_grace, settings.growth_interval
+        )
         self.policy, self.limit = build_policy(
             metric=settings.metric,
-            soft=settings.max_memory,
-            hard=settings.hard_max_memory,
+            soft=soft if isinstance(soft, int) else None,
+            hard=hard if isinstance(hard, int) else None,
             jitter=settings.jitter,
             min_lifetime=settings.min_lifetime,
             born=self.born,
             rng=random.Random(),  # gunicorn reseeds per worker; jitter must differ per worker
+            growth=growth or None,
         )
+        self._jitter_factor = self.limit / soft if self.limit and isinstance(soft, int) else 1.0
+        self.reclaimer = Reclaimer(settings.reclaim_interval) if settings.reclaim else None
+        self._reclaiming = False
+        self._baseline: int | None = None  # the first exact reading, for the crash-loop breaker
         self.retiring: Verdict | None = None
         self.retire_started = 0.0
         self._lock = threading.Lock()
@@ -108,11 +125,14 @@ class Guard:
 
     def _judge(self, from_timer: bool) -> Verdict:
         now = time.monotonic()
+        if from_timer:
+            self._sync_budget()
         rss = self.probe.rss()
         metric = self.settings.metric
+        wants_exact = from_timer and (self._baseline is None or self.policy.wants_exact(now))
         if metric == "rss":
             sample = Sample(now, rss)
-        elif self.policy.clears(rss):
+        elif self.policy.clears(rss) and not wants_exact:
             sample = Sample(now, rss, exact=False)  # RSS bounds USS and PSS from above
         elif from_timer or now - self._last_exact >= EXACT_READ_MIN_GAP or not self.policy.clears(self._estimate(rss)):
             self._last_exact, self._last_exact_rss = now, rss
@@ -122,14 +142,89 @@ class Guard:
             return KEEP  # far enough from the limits; the next exact read comes soon
         if from_timer and self.slot is not None:  # the master's view may lag one check_interval
             self.scoreboard.sample(self.slot, time.time(), sample.value, rss, self.requests)
+        if self._baseline is None and sample.exact:
+            self._baseline = sample.value
+            self._check_baseline()
         with self._lock:
-            if self.retiring is not None:
+            if self.retiring is not None or self._reclaiming:
                 return KEEP
             verdict = self.policy.judge(sample)
-            if verdict.retires:
+            reclaim = verdict.reason == "soft_limit" and self.reclaimer is not None and self.reclaimer.due(now)
+            if reclaim:
+                self._reclaiming = True
+            elif verdict.retires:
                 self.retiring = verdict
                 self.retire_started = now
-        return verdict
+        return self._reclaim(verdict) if reclaim else verdict
+
+    # -- leak-aware policy: shared limits, crash-loop breaker, reclaim before retiring ----
+    def _sync_budget(self) -> None:
+        """Pick up limits the master re-resolved (worker count changed) and the breaker's state."""
+        if self.budget is None:
+            return
+        soft, hard = self.budget.limits()
+        if (soft, hard) != self._budget_seen:
+            self._budget_seen = (soft, hard)
+            self.limit = int(soft * self._jitter_factor) if soft else None
+            self.policy.retarget(self.limit, hard)
+            self._check_baseline()
+        self.policy.paused = self.budget.paused()[0] > time.time()
+
+    def _check_baseline(self) -> None:
+        """Trip the breaker if this worker starts at or near its limit; reset it if it does not."""
+        if self.budget is None or self._baseline is None or self.limit is None:
+            return
+        until, reason = self.budget.paused()
+        if breaker.starts_near_limit(self._baseline, self.limit):
+            self.policy.paused = True
+            if until > time.time():
+                return  # already paused: one loud line, not one per worker
+            self.budget.pause(float("inf"), PAUSE_BASELINE)
+            self.log.error(
+                "memguard: CRASH-LOOP BREAKER: worker pid=%s starts at %s=%s, already %.0f%% of its limit %s: "
+                "retiring it would only fork another worker as big. Recycling for the soft limit and growth "
+                "rate is paused until a worker starts below %.0f%% of its limit (the hard limit still applies). "
+                "Raise MEMGUARD_MAX_MEMORY well above %s, or make the app load less at start-up.",
+                self.pid, self.settings.metric, format_size(self._baseline), 100 * self._baseline / self.limit,
+                format_size(self.limit), 100 * breaker.BASELINE_RATIO, format_size(self._baseline),
+            )
+        elif reason == PAUSE_BASELINE:
+            self.budget.pause(0.0, PAUSE_NONE)
+            self.policy.paused = False
+            self.log.warning(
+                "memguard: crash-loop breaker reset: worker pid=%s starts at %s=%s, below %.0f%% of its limit %s; "
+                "recycling for the soft limit resumes",
+                self.pid, self.settings.metric, format_size(self._baseline), 100 * breaker.BASELINE_RATIO,
+                format_size(self.limit),
+            )
+
+    def _reclaim(self, verdict: Verdict) -> Verdict:
+        """Try to get memory back; retire only if the worker is still over its soft limit."""
+        assert self.reclaimer is not None
+        try:
+            took = self.reclaimer.run(time.monotonic())
+            after = self.probe.read(self.settings.metric)
+        except BaseException:
+            self._reclaiming = False
+            raise
+        now = time.monotonic()
+        with self._lock:
+            self._reclaiming = False
+            again = self.policy.judge(Sample(now, after))
+            line = (
+                f"memguard: reclaimed {format_size(verdict.value - after)} in {took * 1000:.0f} ms "
+                f"({self.reclaimer.how}) in worker pid={self.pid}: {self.settings.metric} "
+                f"{format_size(verdict.value)} -> {format_size(after)}, limit {format_size(verdict.limit)}"
+            )
+            if not again.retires:
+                self.log.info("%s; it keeps serving (next reclaim at most in %gs)", line, self.reclaimer.interval)
+                return KEEP
+            self.log.info("%s; still over: retiring", line)
+            self.retiring = replace(
+                again, detail=f"{again.detail}, after reclaiming {format_size(verdict.value - after)}"
+            )
+            self.retire_started = now
+            return self.retiring
 
     def _estimate(self, rss: int) -> int:
         """USS/PSS now, estimated without reading smaps: the last exact value plus RSS growth

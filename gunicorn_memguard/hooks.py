@@ -57,12 +57,14 @@ def when_ready(server: Any) -> None:
 @_never_raises
 def pre_fork(server: Any, worker: Any) -> None:
     master.install(server.cfg, server.log, server)
+    master.rebudget(server)
     master.claim_slot(worker, server.log)
 
 
 @_never_raises
 def child_exit(server: Any, worker: Any) -> None:
     master.report_exit(worker, server.log)
+    master.rebudget(server)
 
 
 # -- worker side ----------------------------------------------------------------------------
@@ -80,6 +82,7 @@ def post_worker_init(worker: Any) -> None:
         master.STATE.scoreboard,
         getattr(worker, master.SLOT_ATTR, None),
         getattr(worker, "memguard_start_thread", start_os_thread),
+        budget=master.STATE.budget,
     )
 
 

@@ -12,12 +12,18 @@ import sys
 import time
 from typing import Any, Mapping
 
+import psutil
+
+from .breaker import RetirementRate
+from .budget import PAUSE_RATE, SharedBudget, resolve
 from .events import exit_line
+from .probes.cgroup import ContainerMemory, read_container_memory
 from .scoreboard import Scoreboard
 from .settings import Settings, SettingsError, load_settings
-from .units import format_size
+from .units import Share, format_duration, format_size, format_size_or_share
 
 SLOT_ATTR = "memguard_slot"
+_NO_CONTAINER = ContainerMemory(limit=None, mem_total=0, cgroup=None)  # only byte limits: never read
 
 
 class MasterState:
@@ -26,6 +32,11 @@ class MasterState:
     def __init__(self) -> None:
         self.settings: Settings | None = None
         self.scoreboard: Scoreboard | None = None
+        self.budget: SharedBudget | None = None
+        self.container: ContainerMemory | None = None
+        self.master_rss = 0
+        self.workers = 0  # the worker count the budget was last resolved for
+        self.rate: RetirementRate | None = None
 
 
 STATE = MasterState()
@@ -75,6 +86,9 @@ def install(cfg: Any, log: Any, server: Any = None) -> Settings:
         settings = STATE.settings
         if settings.enabled:
             STATE.scoreboard = Scoreboard()
+            STATE.budget = SharedBudget()
+            if settings.max_retirements is not None:
+                STATE.rate = RetirementRate(*settings.max_retirements)
             _announce(settings, cfg, log)
     if STATE.settings.enabled:
         for name in compose_into(cfg):
@@ -83,8 +97,8 @@ def install(cfg: Any, log: Any, server: Any = None) -> Settings:
 
 
 def _announce(settings: Settings, cfg: Any, log: Any) -> None:
-    limit = format_size(settings.max_memory) if settings.max_memory else "none (measuring only)"
-    hard = format_size(settings.hard_max_memory) if settings.hard_max_memory else "none"
+    limit = format_size_or_share(settings.max_memory) if settings.max_memory else "none (measuring only)"
+    hard = format_size_or_share(settings.hard_max_memory) if settings.hard_max_memory else "none"
     log.info(
         "memguard: guarding workers: metric=%s limit=%s hard_limit=%s jitter=%g%% min_lifetime=%gs "
         "check_interval=%gs",
@@ -102,6 +116,24 @@ def _announce(settings: Settings, cfg: Any, log: Any) -> None:
         )
 
 
+def rebudget(server: Any) -> None:
+    """Resolve per-worker limits before the first fork and whenever the worker count changed
+    (TTIN/TTOU); live workers pick the new values up from the shared budget."""
+    settings, budget = STATE.settings, STATE.budget
+    if settings is None or budget is None or server.num_workers == STATE.workers:
+        return
+    first = STATE.workers == 0
+    STATE.workers = server.num_workers
+    if STATE.container is None and any(isinstance(x, Share) for x in (settings.max_memory, settings.hard_max_memory)):
+        STATE.container = read_container_memory()
+        STATE.master_rss = psutil.Process().memory_info().rss  # after preload_app, before the first fork
+    resolved = resolve(settings.max_memory, settings.hard_max_memory, STATE.container or _NO_CONTAINER,
+                       STATE.master_rss, STATE.workers)
+    budget.set_limits(resolved.soft, resolved.hard)
+    if resolved.how:
+        server.log.info("%s%s", resolved.how, "" if first else " (worker count changed)")
+
+
 def claim_slot(worker: Any, log: Any) -> None:
     """Give a worker about to fork its scoreboard slot (idempotent per worker object)."""
     if STATE.scoreboard is None or getattr(worker, SLOT_ATTR, None) is not None:
@@ -116,7 +148,29 @@ def report_exit(worker: Any, log: Any) -> None:
     slot = getattr(worker, SLOT_ATTR, None)
     if STATE.scoreboard is None or slot is None:
         return
-    level, message = exit_line(worker.pid, STATE.scoreboard.read(slot), time.time())
+    view = STATE.scoreboard.read(slot)
+    level, message = exit_line(worker.pid, view, time.time())
     getattr(log, level)(message)
+    if view.pid == worker.pid and view.retire_started and view.reason in ("soft_limit", "growth_rate"):
+        _count_retirement(log)
     STATE.scoreboard.release(slot)
     setattr(worker, SLOT_ATTR, None)
+
+
+def _count_retirement(log: Any) -> None:
+    """Trip the crash-loop breaker when graceful retirements outpace MEMGUARD_MAX_RETIREMENTS."""
+    if STATE.rate is None or STATE.budget is None or STATE.settings is None:
+        return
+    now = time.time()
+    until = STATE.rate.record(now, STATE.workers)
+    if until is None or STATE.budget.paused()[0] > now:
+        return
+    STATE.budget.pause(until, PAUSE_RATE)
+    count, per = STATE.settings.max_retirements or (0, 0.0)
+    log.error(
+        "memguard: CRASH-LOOP BREAKER: more than %s soft-limit/growth retirements per worker within %s "
+        "(MEMGUARD_MAX_RETIREMENTS=%s/%s, %s workers); recycling for the soft limit and growth rate is paused "
+        "for %s (the hard limit still applies). Workers are being replaced faster than they should need to be: "
+        "raise MEMGUARD_MAX_MEMORY or MEMGUARD_MAX_GROWTH, or find the leak.",
+        count, format_duration(per), count, format_duration(per), STATE.workers, format_duration(round(until - now)),
+    )

@@ -11,6 +11,7 @@ with the crash-loop breaker's state.
 from __future__ import annotations
 
 import mmap
+import multiprocessing
 import struct
 from dataclasses import dataclass
 
@@ -53,8 +54,8 @@ def resolve(
     parts = [f"{name} {value} = {format_size(to_bytes(value) or 0)}" for name, value in (("limit", soft), ("hard_limit", hard))
              if isinstance(value, Share)]
     how = (
-        f"memguard: per-worker limits: {', '.join(parts)} of ({format_size(container.available)} available "
-        f"- master {format_size(master)}) / {workers} workers = {format_size(per)} per worker; available: {source}"
+        f"memguard: per-worker limits: {', '.join(parts)}; per worker: ({format_size(container.available)} "
+        f"available - master {format_size(master)}) / {workers} workers = {format_size(per)}; available: {source}"
     )
     return Resolved(soft_b, hard_b, how)
 
@@ -65,6 +66,7 @@ class SharedBudget:
 
     def __init__(self) -> None:
         self._map = mmap.mmap(-1, mmap.PAGESIZE)
+        self._lock = multiprocessing.Lock()  # a process-shared semaphore: workers booting together trip once
 
     def set_limits(self, soft: int | None, hard: int | None) -> None:
         struct.pack_into("<q q", self._map, 0, soft or 0, hard or 0)
@@ -75,6 +77,21 @@ class SharedBudget:
 
     def pause(self, until: float, reason: int) -> None:
         struct.pack_into("<d q", self._map, 16, until, reason)
+
+    def pause_if_running(self, until: float, reason: int, now: float) -> bool:
+        """Pause unless already paused; True if this call paused it (and should say so).
+
+        The lock is only ever taken with a timeout, so a worker killed while holding it cannot
+        block the others: they skip this trip and try again on their next check."""
+        if not self._lock.acquire(timeout=0.1):
+            return False
+        try:
+            if self.paused()[0] > now:
+                return False
+            self.pause(until, reason)
+            return True
+        finally:
+            self._lock.release()
 
     def paused(self) -> tuple[float, int]:
         """(until, reason); until is 0 when recycling is not paused."""

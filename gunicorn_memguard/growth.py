@@ -31,6 +31,7 @@ class GrowthMonitor:
         self.window = window
         self.interval = interval
         self.metric = metric
+        self.limit = 0  # the worker's soft limit, shown next to a growth retirement (set by the policy)
         self.start = born + grace
         self.bucket = window / (BLOCKS * BUCKETS_PER_BLOCK)
         self._buckets: deque[tuple[int, int]] = deque(maxlen=BLOCKS * BUCKETS_PER_BLOCK + 1)
@@ -68,7 +69,7 @@ class GrowthMonitor:
             f"{self.metric} floor grew {format_rate(rate)} over the last {format_duration(self.window)}, "
             f"> max {format_rate(self.max_rate)}; now {format_size(sample.value)}",
             sample.value,
-            0,
+            self.limit,
         )
 
     def floor_rate(self, current: int) -> float | None:

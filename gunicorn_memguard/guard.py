@@ -42,6 +42,10 @@ def start_os_thread(target: Callable[[], None]) -> None:
     threading.Thread(target=target, name="memguard-sampler", daemon=True).start()
 
 
+def _show(size: int | None) -> str:
+    return "none" if size is None else format_size(size)
+
+
 class Guard:
     def __init__(
         self,
@@ -165,8 +169,12 @@ class Guard:
         soft, hard = self.budget.limits()
         if (soft, hard) != self._budget_seen:
             self._budget_seen = (soft, hard)
-            self.limit = int(soft * self._jitter_factor) if soft else None
+            was, self.limit = self.limit, int(soft * self._jitter_factor) if soft else None
             self.policy.retarget(self.limit, hard)
+            self.log.info(
+                "memguard: worker pid=%s now has limit %s (was %s), hard limit %s: the master re-resolved them",
+                self.pid, _show(self.limit), _show(was), _show(hard),
+            )
             self._check_baseline()
         self.policy.paused = self.budget.paused()[0] > time.time()
 
@@ -174,12 +182,10 @@ class Guard:
         """Trip the breaker if this worker starts at or near its limit; reset it if it does not."""
         if self.budget is None or self._baseline is None or self.limit is None:
             return
-        until, reason = self.budget.paused()
         if breaker.starts_near_limit(self._baseline, self.limit):
             self.policy.paused = True
-            if until > time.time():
+            if not self.budget.pause_if_running(float("inf"), PAUSE_BASELINE, time.time()):
                 return  # already paused: one loud line, not one per worker
-            self.budget.pause(float("inf"), PAUSE_BASELINE)
             self.log.error(
                 "memguard: CRASH-LOOP BREAKER: worker pid=%s starts at %s=%s, already %.0f%% of its limit %s: "
                 "retiring it would only fork another worker as big. Recycling for the soft limit and growth "
@@ -188,7 +194,7 @@ class Guard:
                 self.pid, self.settings.metric, format_size(self._baseline), 100 * self._baseline / self.limit,
                 format_size(self.limit), 100 * breaker.BASELINE_RATIO, format_size(self._baseline),
             )
-        elif reason == PAUSE_BASELINE:
+        elif self.budget.paused()[1] == PAUSE_BASELINE:
             self.budget.pause(0.0, PAUSE_NONE)
             self.policy.paused = False
             self.log.warning(

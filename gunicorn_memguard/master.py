@@ -163,9 +163,8 @@ def _count_retirement(log: Any) -> None:
         return
     now = time.time()
     until = STATE.rate.record(now, STATE.workers)
-    if until is None or STATE.budget.paused()[0] > now:
+    if until is None or not STATE.budget.pause_if_running(until, PAUSE_RATE, now):
         return
-    STATE.budget.pause(until, PAUSE_RATE)
     count, per = STATE.settings.max_retirements or (0, 0.0)
     log.error(
         "memguard: CRASH-LOOP BREAKER: more than %s soft-limit/growth retirements per worker within %s "

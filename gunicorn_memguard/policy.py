@@ -142,11 +142,15 @@ class WorkerPolicy:
 
     def retarget(self, soft: int | None, hard: int | None) -> None:
         """Apply re-evaluated limits (e.g. a percentage limit after the worker count changed)."""
+        from .growth import GrowthMonitor  # growth builds on this module's types
+
         for monitor in self.monitors:
             if isinstance(monitor, SoftLimit) and soft is not None:
                 monitor.limit = soft
             elif isinstance(monitor, HardLimit) and hard is not None:
                 monitor.limit = hard
+            elif isinstance(monitor, GrowthMonitor):
+                monitor.limit = soft or 0
         limits = [m.limit for m in self.monitors if isinstance(m, (SoftLimit, HardLimit))]
         self.floor = min(limits) if limits else None
 
@@ -173,7 +177,7 @@ def build_policy(
     growth: Growth | None = None,
 ) -> tuple[WorkerPolicy, int | None]:
     """Build one worker's policy; returns it and the worker's effective soft limit."""
-    from .growth import GrowthMonitor  # growth builds on this module's types
+    from .growth import GrowthMonitor
 
     monitors: list[Monitor] = []
     effective = draw_limit(soft, jitter, rng) if soft is not None else None
@@ -182,6 +186,8 @@ def build_policy(
     if effective is not None:
         monitors.append(SoftLimit(effective, metric, born, min_lifetime))
     if growth is not None:
-        monitors.append(GrowthMonitor(growth.max_rate, growth.window, growth.grace, growth.interval, born, metric))
+        trend = GrowthMonitor(growth.max_rate, growth.window, growth.grace, growth.interval, born, metric)
+        trend.limit = effective or 0
+        monitors.append(trend)
     limits = [x for x in (effective, hard) if x is not None]
     return WorkerPolicy(monitors, min(limits) if limits else None), effective

@@ -153,7 +153,12 @@ class Guard:
             if self.retiring is not None or self._reclaiming:
                 return KEEP
             verdict = self.policy.judge(sample)
-            reclaim = verdict.reason == "soft_limit" and self.reclaimer is not None and self.reclaimer.due(now)
+            reclaim = (
+                verdict.reason == "soft_limit"
+                and self.reclaimer is not None
+                and self.reclaimer.due(now)
+                and self.reclaimer.could_free(verdict.value - verdict.limit)
+            )
             if reclaim:
                 self._reclaiming = True
             elif verdict.retires:
@@ -217,8 +222,9 @@ class Guard:
         with self._lock:
             self._reclaiming = False
             again = self.policy.judge(Sample(now, after))
+            freed = f"reclaimed {format_size(verdict.value - after)}" if after < verdict.value else "reclaimed nothing"
             line = (
-                f"memguard: reclaimed {format_size(verdict.value - after)} in {took * 1000:.0f} ms "
+                f"memguard: {freed} in {took * 1000:.0f} ms "
                 f"({self.reclaimer.how}) in worker pid={self.pid}: {self.settings.metric} "
                 f"{format_size(verdict.value)} -> {format_size(after)}, limit {format_size(verdict.limit)}"
             )
@@ -227,7 +233,7 @@ class Guard:
                 return KEEP
             self.log.info("%s; still over: retiring", line)
             self.retiring = replace(
-                again, detail=f"{again.detail}, after reclaiming {format_size(verdict.value - after)}"
+                again, detail=f"{again.detail}, after a reclaim ({freed})"
             )
             self.retire_started = now
             return self.retiring

@@ -10,10 +10,17 @@ from collections import deque
 # A fresh worker whose first exact reading is at or above this share of its soft limit would be
 # retired as soon as it may be, and its replacement too.
 BASELINE_RATIO = 0.9
+# It resets only for a worker starting below this share: the gap is wider than the default 10 %
+# jitter, so identical workers with different draws do not trip and reset it in turn.
+RESET_RATIO = 0.75
 
 
 def starts_near_limit(baseline: int, limit: int | None) -> bool:
     return limit is not None and baseline >= BASELINE_RATIO * limit
+
+
+def starts_well_below(baseline: int, limit: int | None) -> bool:
+    return limit is not None and baseline < RESET_RATIO * limit
 
 
 class RetirementRate:

@@ -69,22 +69,25 @@ class Guard:
         self.born_wall = time.time()
         self.probe = MemoryProbe()
         self.budget = budget
-        soft, hard = budget.limits() if budget is not None else (settings.max_memory, settings.hard_max_memory)
-        self._budget_seen = (soft, hard)
-        growth = settings.max_growth and Growth(
-            settings.max_growth, settings.growth_window, settings.growth_grace, settings.growth_interval
-        )
+        # The master resolved the limits (percentages need the worker count) before this fork;
+        # byte limits from the settings stand in if it could not.
+        self._budget_seen = budget.limits() if budget is not None else (None, None)
+        soft = self._budget_seen[0] or (settings.max_memory if isinstance(settings.max_memory, int) else None)
+        hard = self._budget_seen[1] or (settings.hard_max_memory if isinstance(settings.hard_max_memory, int) else None)
+        growth = None
+        if settings.max_growth is not None:
+            growth = Growth(settings.max_growth, settings.growth_window, settings.growth_grace, settings.growth_interval)
         self.policy, self.limit = build_policy(
             metric=settings.metric,
-            soft=soft if isinstance(soft, int) else None,
-            hard=hard if isinstance(hard, int) else None,
+            soft=soft,
+            hard=hard,
             jitter=settings.jitter,
             min_lifetime=settings.min_lifetime,
             born=self.born,
             rng=random.Random(),  # gunicorn reseeds per worker; jitter must differ per worker
-            growth=growth or None,
+            growth=growth,
         )
-        self._jitter_factor = self.limit / soft if self.limit and isinstance(soft, int) else 1.0
+        self._jitter_factor = self.limit / soft if self.limit and soft else 1.0
         self.reclaimer = Reclaimer(settings.reclaim_interval) if settings.reclaim else None
         self._reclaiming = False
         self._baseline: int | None = None  # the first exact reading, for the crash-loop breaker
@@ -197,15 +200,15 @@ class Guard:
                 "rate is paused until a worker starts below %.0f%% of its limit (the hard limit still applies). "
                 "Raise MEMGUARD_MAX_MEMORY well above %s, or make the app load less at start-up.",
                 self.pid, self.settings.metric, format_size(self._baseline), 100 * self._baseline / self.limit,
-                format_size(self.limit), 100 * breaker.BASELINE_RATIO, format_size(self._baseline),
+                format_size(self.limit), 100 * breaker.RESET_RATIO, format_size(self._baseline),
             )
-        elif self.budget.paused()[1] == PAUSE_BASELINE:
+        elif breaker.starts_well_below(self._baseline, self.limit) and self.budget.paused()[1] == PAUSE_BASELINE:
             self.budget.pause(0.0, PAUSE_NONE)
             self.policy.paused = False
             self.log.warning(
                 "memguard: crash-loop breaker reset: worker pid=%s starts at %s=%s, below %.0f%% of its limit %s; "
                 "recycling for the soft limit resumes",
-                self.pid, self.settings.metric, format_size(self._baseline), 100 * breaker.BASELINE_RATIO,
+                self.pid, self.settings.metric, format_size(self._baseline), 100 * breaker.RESET_RATIO,
                 format_size(self.limit),
             )
 
@@ -232,9 +235,7 @@ class Guard:
                 self.log.info("%s; it keeps serving (next reclaim at most in %gs)", line, self.reclaimer.interval)
                 return KEEP
             self.log.info("%s; still over: retiring", line)
-            self.retiring = replace(
-                again, detail=f"{again.detail}, after a reclaim ({freed})"
-            )
+            self.retiring = replace(again, detail=f"{again.detail}, after a reclaim ({freed})")
             self.retire_started = now
             return self.retiring
 

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from gunicorn_memguard.breaker import RetirementRate, starts_near_limit
+from gunicorn_memguard.breaker import RetirementRate, starts_near_limit, starts_well_below
 from gunicorn_memguard.budget import PAUSE_BASELINE, PAUSE_RATE, SharedBudget, per_worker, resolve
 from gunicorn_memguard.policy import Sample, build_policy
 from gunicorn_memguard.probes.cgroup import ContainerMemory, MemoryCgroup, read_container_memory
@@ -68,9 +68,10 @@ def test_shared_budget_crosses_fork():
     assert not budget.pause_if_running(50.0, PAUSE_RATE, 1.0), "already paused: the second trip stays quiet"
 
 
-def test_starts_near_limit():
-    assert starts_near_limit(95, 100) and starts_near_limit(150, 100)
-    assert not starts_near_limit(80, 100) and not starts_near_limit(10**9, None)
+def test_starts_near_limit_and_resets_only_well_below():
+    assert starts_near_limit(90, 100) and starts_near_limit(150, 100)
+    assert not starts_near_limit(89, 100) and not starts_near_limit(10**9, None)
+    assert starts_well_below(74, 100) and not starts_well_below(80, 100), "hysteresis wider than the jitter"
 
 
 def test_retirement_rate_trips_above_its_count_per_worker_and_recovers():

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import gc
 import os
-import random
 import statistics
 import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 from gunicorn_memguard.guard import Guard
 from gunicorn_memguard.reclaim import Reclaimer
@@ -41,7 +41,7 @@ def per_request_cost(settings: Settings, n: int = 200_000) -> float:
     return (time.perf_counter() - started) / n * 1e6
 
 
-def reclaim_case(name: str, build: callable) -> tuple[str, float, float, float, float]:
+def reclaim_case(name: str, build: Callable[[], object]) -> tuple[str, float, float, float, float]:
     keep = build()
     gc.collect()
     before = rss()
@@ -53,15 +53,15 @@ def reclaim_case(name: str, build: callable) -> tuple[str, float, float, float, 
     return name, before / MiB, after / MiB, (before - after) / MiB, took * 1000
 
 
-def strings(mib: int, keep_every: int) -> callable:
-    def build():
+def strings(mib: int, keep_every: int) -> Callable[[], object]:
+    def build() -> object:
         blocks = [b"x" * (1024 + i % 1024) for i in range(mib * MiB // 1536)]
         return blocks[::keep_every]
     return build
 
 
-def small_objects(count: int, keep_every: int) -> callable:
-    def build():
+def small_objects(count: int, keep_every: int) -> Callable[[], object]:
+    def build() -> object:
         objects = [(i, str(i)) for i in range(count)]
         return objects[::keep_every]
     return build

@@ -12,6 +12,7 @@ pair, not all of them; warm-up is skipped by a grace period after boot.
 from __future__ import annotations
 
 from collections import deque
+from itertools import pairwise
 
 from .policy import Action, Sample, Verdict
 from .units import format_duration, format_rate, format_size
@@ -89,7 +90,7 @@ class GrowthMonitor:
         floors = [m for m in minima if m is not None]
         block_time = self.window / BLOCKS
         step = self.max_rate * block_time / 2
-        if any(b - a < step for a, b in zip(floors, floors[1:])):
+        if any(b - a < step for a, b in pairwise(floors)):
             return None
         rate = (floors[-1] - floors[0]) / (block_time * (BLOCKS - 1))
         return rate if rate > self.max_rate else None

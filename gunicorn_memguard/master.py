@@ -14,13 +14,13 @@ from typing import Any, Mapping
 
 import psutil
 
-from .breaker import RetirementRate
+from .breaker import BASELINE_RATIO, RetirementRate
 from .budget import PAUSE_RATE, SharedBudget, resolve
 from .events import exit_line
 from .probes.cgroup import ContainerMemory, read_container_memory
 from .scoreboard import Scoreboard
 from .settings import Settings, SettingsError, load_settings
-from .units import Share, format_duration, format_size, format_size_or_share
+from .units import Share, format_count_rate, format_duration, format_rate, format_size_or_share
 
 SLOT_ATTR = "memguard_slot"
 _NO_CONTAINER = ContainerMemory(limit=None, mem_total=0, cgroup=None)  # only byte limits: never read
@@ -103,6 +103,17 @@ def _announce(settings: Settings, cfg: Any, log: Any) -> None:
         "memguard: guarding workers: metric=%s limit=%s hard_limit=%s jitter=%g%% min_lifetime=%gs "
         "check_interval=%gs",
         settings.metric, limit, hard, settings.jitter * 100, settings.min_lifetime, settings.check_interval,
+    )
+    growth = (
+        f"max_growth={format_rate(settings.max_growth)} over {format_duration(settings.growth_window)} "
+        f"(grace {format_duration(settings.growth_grace)}, every {format_duration(settings.growth_interval)})"
+        if settings.max_growth is not None else "max_growth=off"
+    )
+    reclaim = f"at most every {format_duration(settings.reclaim_interval)}" if settings.reclaim else "off"
+    log.info(
+        "memguard: leak-aware policy: %s; reclaim before retiring %s; crash-loop breaker at a fresh worker "
+        ">= %g%% of its limit or more than %s retirements per worker",
+        growth, reclaim, BASELINE_RATIO * 100, format_count_rate(settings.max_retirements),
     )
     if settings.max_memory is None and settings.hard_max_memory is None:
         log.warning("memguard: no MEMGUARD_MAX_MEMORY or MEMGUARD_HARD_MAX_MEMORY set: no worker will be retired")

@@ -138,7 +138,11 @@ class WorkerPolicy:
 
     def wants_exact(self, now: float) -> bool:
         """True when a trend monitor needs an exact sample now, even far below the limits."""
-        return any(getattr(m, "wants_sample", None) is not None and m.wants_sample(now) for m in self.monitors)
+        for monitor in self.monitors:
+            wants = getattr(monitor, "wants_sample", None)  # only trend monitors have it
+            if wants is not None and wants(now):
+                return True
+        return False
 
     def retarget(self, soft: int | None, hard: int | None) -> None:
         """Apply re-evaluated limits (e.g. a percentage limit after the worker count changed)."""

@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from .conftest import MiB
 from bench.harness import Gunicorn, poll
+
+from .conftest import MiB
 
 HOOKS = ["-c", "python:gunicorn_memguard.conf"]
 APP = "apps.shapes:app"
@@ -60,7 +61,9 @@ def test_reclaimable_memory_is_reclaimed_instead_of_retiring(baseline_uss, tmp_p
         "MEMGUARD_MAX_MEMORY": f"{baseline_uss + 40 * MiB}B",
         "MEMGUARD_JITTER": "0%",
         "MEMGUARD_MIN_LIFETIME": "0s",
-        "MEMGUARD_CHECK_INTERVAL": "100ms",
+        # The default interval: two samples must land after the request freed its memory. With a
+        # much shorter one, both strikes can fall inside the request, while its 80 MiB is live.
+        "MEMGUARD_CHECK_INTERVAL": "1s",
         "MEMGUARD_RECLAIM_INTERVAL": "1s",
     }
     with Gunicorn([*HOOKS, APP], env, tmp_path / "reclaim.log", workers=1) as server, \
@@ -70,7 +73,7 @@ def test_reclaimable_memory_is_reclaimed_instead_of_retiring(baseline_uss, tmp_p
         pids = server.worker_pids()
         for round_ in range(1, 4):
             assert server.get("/churn?mib=80")[0] == 200  # leaves ~80 MiB freed but resident
-            poll(lambda: len(server.log_lines("memguard: reclaimed")) >= round_, 15, what=f"reclaim {round_}")
+            poll(lambda n=round_: len(server.log_lines("memguard: reclaimed")) >= n, 15, what=f"reclaim {round_}")
             time.sleep(1.1)  # pacing: the next big request comes after MEMGUARD_RECLAIM_INTERVAL
         lines = server.log_lines("memguard: reclaimed")
         assert all("keeps serving" in line for line in lines), lines
@@ -121,3 +124,33 @@ def test_percent_limits_follow_the_worker_count(tmp_path):
         assert three == pytest.approx(two * 2 / 3, rel=0.02)
         # both workers that were already running picked up the new limit
         poll(lambda: len(server.log_lines("now has limit")) >= 2, 10, what="live workers to pick up the limit")
+        server.master.send_signal(signal.SIGTTOU)
+        poll(lambda: [x for x in server.log_lines("per-worker limits") if "/ 2 workers" in x][1:], 15,
+             what="the limits re-resolved for 2 workers again after TTOU")
+        poll(lambda: len(server.log_lines("now has limit")) >= 4, 10, what="the 2 remaining workers to follow")
+
+
+def test_retirements_faster_than_the_rate_trip_the_breaker_and_serving_goes_on(baseline_uss, tmp_path):
+    env = {
+        "SHAPE_LEAK_KIB_PER_S": "20480",  # 20 MiB/s: over a 30 MiB headroom every ~1.5 s
+        "MEMGUARD_MAX_MEMORY": f"{baseline_uss + 30 * MiB}B",
+        "MEMGUARD_MIN_LIFETIME": "0s",
+        "MEMGUARD_CHECK_INTERVAL": "100ms",
+        "MEMGUARD_MAX_RETIREMENTS": "2/1m",
+    }
+    with Gunicorn([*HOOKS, APP], env, tmp_path / "rate.log", workers=1) as server:
+        server.wait_ready()
+        (error,) = poll(lambda: server.log_lines("CRASH-LOOP BREAKER"), 40, what="the rate breaker")
+        assert "[ERROR]" in error and "more than 2 soft-limit/growth retirements per worker within 1m" in error
+        retired = len(server.log_lines("retiring worker"))
+        assert retired in (3, 4), "trips on the third; one more may have begun as it tripped"
+        poll(lambda: len(server.log_lines("exited gracefully after retirement")) == retired
+             and len(server.worker_pids()) == 1, 15, what="the last retired worker to be replaced")
+        pid = server.worker_pids()
+        deadline = time.monotonic() + 3.0  # the leak goes on: ~60 MiB past the limit, and no retirement
+        while time.monotonic() < deadline:
+            assert server.get("/")[0] == 200
+            time.sleep(0.1)
+        assert len(server.log_lines("retiring worker")) == retired
+        assert server.worker_pids() == pid
+        assert len(server.log_lines("CRASH-LOOP BREAKER")) == 1

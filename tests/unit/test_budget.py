@@ -82,7 +82,7 @@ def test_retirement_rate_trips_above_its_count_per_worker_and_recovers():
 
 
 def test_policy_retarget_and_pause():
-    policy, soft = build_policy(metric="uss", soft=100 * MiB, hard=200 * MiB, jitter=0.0, min_lifetime=0, born=0,
+    policy, _ = build_policy(metric="uss", soft=100 * MiB, hard=200 * MiB, jitter=0.0, min_lifetime=0, born=0,
                                 rng=random.Random(0))
     policy.retarget(50 * MiB, 150 * MiB)
     assert policy.floor == 50 * MiB

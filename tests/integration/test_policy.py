@@ -112,6 +112,9 @@ def test_percent_limits_follow_the_worker_count(tmp_path):
     env = {"MEMGUARD_MAX_MEMORY": "50%", "MEMGUARD_CHECK_INTERVAL": "100ms"}
     with Gunicorn([*HOOKS, APP], env, tmp_path / "percent.log", workers=2) as server:
         server.wait_ready()
+        served: set[bytes] = set()
+        # both workers have served (so their guards run) before the worker count changes
+        poll(lambda: served.add(server.get("/pid")[1]) or len(served) == 2, 10, what="both workers to serve")
         (line,) = server.log_lines("per-worker limits")
         assert "/ 2 workers" in line
         two = float(re.search(r"limit 50% = ([0-9.]+) (G|M)iB", line).group(1))

@@ -179,6 +179,8 @@ class Guard:
             self._budget_seen = (soft, hard)
             was, self.limit = self.limit, int(soft * self._jitter_factor) if soft else None
             self.policy.retarget(self.limit, hard)
+            if self.slot is not None:
+                self.scoreboard.set_limit(self.slot, self.limit or 0)
             self.log.info(
                 "memguard: worker pid=%s now has limit %s (was %s), hard limit %s: the master re-resolved them",
                 self.pid, _show(self.limit), _show(was), _show(hard),

@@ -20,7 +20,7 @@ from .events import exit_line
 from .probes.cgroup import ContainerMemory, read_container_memory
 from .scoreboard import Scoreboard
 from .settings import Settings, SettingsError, load_settings
-from .units import Share, format_count_rate, format_duration, format_rate, format_size_or_share
+from .units import Share, format_count_rate, format_duration, format_rate, format_size, format_size_or_share
 
 SLOT_ATTR = "memguard_slot"
 _NO_CONTAINER = ContainerMemory(limit=None, mem_total=0, cgroup=None)  # only byte limits: never read
@@ -143,6 +143,11 @@ def rebudget(server: Any) -> None:
     budget.set_limits(resolved.soft, resolved.hard)
     if resolved.how:
         server.log.info("%s%s", resolved.how, "" if first else " (worker count changed)")
+        if resolved.soft and resolved.hard and resolved.hard < resolved.soft:
+            server.log.warning(
+                "memguard: the hard limit (%s) resolved below the soft limit (%s): workers will be retired at "
+                "once at the hard limit, never gracefully", format_size(resolved.hard), format_size(resolved.soft),
+            )
 
 
 def claim_slot(worker: Any, log: Any) -> None:

@@ -97,5 +97,9 @@ class Scoreboard:
         _D.pack_into(self._map, base + _OFFSETS["retire_started"], now)
         _Q.pack_into(self._map, base + _OFFSETS["state"], State.RETIRING)
 
+    def set_limit(self, index: int, limit: int) -> None:
+        """A re-resolved soft limit (percentage limits after the worker count changed)."""
+        _Q.pack_into(self._map, self._base(index) + _OFFSETS["limit"], limit)
+
     def set_state(self, index: int, state: State) -> None:
         _Q.pack_into(self._map, self._base(index) + _OFFSETS["state"], state)

@@ -13,15 +13,20 @@ import os
 import random
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
+from . import breaker
+from .budget import PAUSE_BASELINE, PAUSE_NONE, SharedBudget
 from .events import retirement_line
-from .policy import KEEP, Sample, Verdict, build_policy
+from .policy import KEEP, Growth, Sample, Verdict, build_policy
 from .probes.memory import MemoryProbe, ProbeError
+from .reclaim import Reclaimer
 from .retire import Retire
 from .scoreboard import Scoreboard, State, encode_reasons
 from .settings import Settings
 from .telemetry import Telemetry
+from .units import format_size
 
 # A USS/PSS read costs 0.4-17 ms; from the request path, do one at most this often unless an
 # estimate says a limit may have been crossed.
@@ -38,6 +43,10 @@ def start_os_thread(target: Callable[[], None]) -> None:
     threading.Thread(target=target, name="memguard-sampler", daemon=True).start()
 
 
+def _show(size: int | None) -> str:
+    return "none" if size is None else format_size(size)
+
+
 class Guard:
     def __init__(
         self,
@@ -49,6 +58,7 @@ class Guard:
         slot: int | None,
         start_thread: StartThread = start_os_thread,
         telemetry: Telemetry | None = None,
+        budget: SharedBudget | None = None,
     ) -> None:
         self.worker = worker
         self.settings = settings
@@ -60,15 +70,29 @@ class Guard:
         self.born = time.monotonic()
         self.born_wall = time.time()
         self.probe = MemoryProbe()
+        self.budget = budget
+        # The master resolved the limits (percentages need the worker count) before this fork;
+        # byte limits from the settings stand in if it could not.
+        self._budget_seen = budget.limits() if budget is not None else (None, None)
+        soft = self._budget_seen[0] or (settings.max_memory if isinstance(settings.max_memory, int) else None)
+        hard = self._budget_seen[1] or (settings.hard_max_memory if isinstance(settings.hard_max_memory, int) else None)
+        growth = None
+        if settings.max_growth is not None:
+            growth = Growth(settings.max_growth, settings.growth_window, settings.growth_grace, settings.growth_interval)
         self.policy, self.limit = build_policy(
             metric=settings.metric,
-            soft=settings.max_memory,
-            hard=settings.hard_max_memory,
+            soft=soft,
+            hard=hard,
             jitter=settings.jitter,
             min_lifetime=settings.min_lifetime,
             born=self.born,
             rng=random.Random(),  # gunicorn reseeds per worker; jitter must differ per worker
+            growth=growth,
         )
+        self._jitter_factor = self.limit / soft if self.limit and soft else 1.0
+        self.reclaimer = Reclaimer(settings.reclaim_interval) if settings.reclaim else None
+        self._reclaiming = False
+        self._baseline: int | None = None  # the first exact reading, for the crash-loop breaker
         self.retiring: Verdict | None = None
         self.retire_started = 0.0
         self._lock = threading.Lock()
@@ -116,11 +140,14 @@ class Guard:
 
     def _judge(self, from_timer: bool) -> Verdict:
         now = time.monotonic()
+        if from_timer:
+            self._sync_budget()
         rss = self.probe.rss()
         metric = self.settings.metric
+        wants_exact = from_timer and (self._baseline is None or self.policy.wants_exact(now))
         if metric == "rss":
             sample = Sample(now, rss)
-        elif self.policy.clears(rss):
+        elif self.policy.clears(rss) and not wants_exact:
             sample = Sample(now, rss, exact=False)  # RSS bounds USS and PSS from above
         elif from_timer or now - self._last_exact >= EXACT_READ_MIN_GAP or not self.policy.clears(self._estimate(rss)):
             self._last_exact, self._last_exact_rss = now, rss
@@ -130,14 +157,98 @@ class Guard:
             return KEEP  # far enough from the limits; the next exact read comes soon
         if from_timer:  # the master's view may lag one check_interval
             self._record(sample, rss)
+        if self._baseline is None and sample.exact:
+            self._baseline = sample.value
+            self._check_baseline()
         with self._lock:
-            if self.retiring is not None:
+            if self.retiring is not None or self._reclaiming:
                 return KEEP
             verdict = self.policy.judge(sample)
-            if verdict.retires and not self.settings.dry_run:
+            reclaim = (
+                verdict.reason == "soft_limit"
+                and not self.settings.dry_run
+                and self.reclaimer is not None
+                and self.reclaimer.due(now)
+                and self.reclaimer.could_free(verdict.value - verdict.limit)
+            )
+            if reclaim:
+                self._reclaiming = True
+            elif verdict.retires and not self.settings.dry_run:
                 self.retiring = verdict
                 self.retire_started = now
-        return verdict
+        return self._reclaim(verdict) if reclaim else verdict
+
+    # -- leak-aware policy: shared limits, crash-loop breaker, reclaim before retiring ----
+    def _sync_budget(self) -> None:
+        """Pick up limits the master re-resolved (worker count changed) and the breaker's state."""
+        if self.budget is None:
+            return
+        soft, hard = self.budget.limits()
+        if (soft, hard) != self._budget_seen:
+            self._budget_seen = (soft, hard)
+            was, self.limit = self.limit, int(soft * self._jitter_factor) if soft else None
+            self.policy.retarget(self.limit, hard)
+            if self.slot is not None:
+                self.scoreboard.set_limit(self.slot, self.limit or 0)
+            self.log.info(
+                "memguard: worker pid=%s now has limit %s (was %s), hard limit %s: the master re-resolved them",
+                self.pid, _show(self.limit), _show(was), _show(hard),
+            )
+            self._check_baseline()
+        self.policy.paused = self.budget.paused()[0] > time.time()
+
+    def _check_baseline(self) -> None:
+        """Trip the breaker if this worker starts at or near its limit; reset it if it does not."""
+        if self.budget is None or self._baseline is None or self.limit is None:
+            return
+        if breaker.starts_near_limit(self._baseline, self.limit):
+            self.policy.paused = True
+            if not self.budget.pause_if_running(float("inf"), PAUSE_BASELINE, time.time()):
+                return  # already paused: one loud line, not one per worker
+            self.log.error(
+                "memguard: CRASH-LOOP BREAKER: worker pid=%s starts at %s=%s, already %.0f%% of its limit %s: "
+                "retiring it would only fork another worker as big. Recycling for the soft limit and growth "
+                "rate is paused until a worker starts below %.0f%% of its limit (the hard limit still applies). "
+                "Raise MEMGUARD_MAX_MEMORY well above %s, or make the app load less at start-up.",
+                self.pid, self.settings.metric, format_size(self._baseline), 100 * self._baseline / self.limit,
+                format_size(self.limit), 100 * breaker.RESET_RATIO, format_size(self._baseline),
+            )
+        elif breaker.starts_well_below(self._baseline, self.limit) and self.budget.paused()[1] == PAUSE_BASELINE:
+            self.budget.pause(0.0, PAUSE_NONE)
+            self.policy.paused = False
+            self.log.warning(
+                "memguard: crash-loop breaker reset: worker pid=%s starts at %s=%s, below %.0f%% of its limit %s; "
+                "recycling for the soft limit resumes",
+                self.pid, self.settings.metric, format_size(self._baseline), 100 * breaker.RESET_RATIO,
+                format_size(self.limit),
+            )
+
+    def _reclaim(self, verdict: Verdict) -> Verdict:
+        """Try to get memory back; retire only if the worker is still over its soft limit."""
+        assert self.reclaimer is not None
+        try:
+            took = self.reclaimer.run(time.monotonic())
+            after = self.probe.read(self.settings.metric)
+        except BaseException:
+            self._reclaiming = False
+            raise
+        now = time.monotonic()
+        with self._lock:
+            self._reclaiming = False
+            again = self.policy.judge(Sample(now, after))
+            freed = f"reclaimed {format_size(verdict.value - after)}" if after < verdict.value else "reclaimed nothing"
+            line = (
+                f"memguard: {freed} in {took * 1000:.0f} ms "
+                f"({self.reclaimer.how}) in worker pid={self.pid}: {self.settings.metric} "
+                f"{format_size(verdict.value)} -> {format_size(after)}, limit {format_size(verdict.limit)}"
+            )
+            if not again.retires:
+                self.log.info("%s; it keeps serving (next reclaim at most in %gs)", line, self.reclaimer.interval)
+                return KEEP
+            self.log.info("%s; still over: retiring", line)
+            self.retiring = replace(again, detail=f"{again.detail}, after a reclaim ({freed})")
+            self.retire_started = now
+            return self.retiring
 
     def _record(self, sample: Sample, rss: int) -> None:
         """Publish a timer sample to the scoreboard. Every report_interval, also read the metric

@@ -61,12 +61,14 @@ def when_ready(server: Any) -> None:
 @_never_raises
 def pre_fork(server: Any, worker: Any) -> None:
     master.install(server.cfg, server.log, server)
+    master.rebudget(server)
     master.claim_slot(worker, server.log)
 
 
 @_never_raises
 def child_exit(server: Any, worker: Any) -> None:
     master.report_exit(worker, server.log, server.cfg)
+    master.rebudget(server)
 
 
 # -- worker side ----------------------------------------------------------------------------
@@ -85,6 +87,7 @@ def post_worker_init(worker: Any) -> None:
         getattr(worker, master.SLOT_ATTR, None),
         getattr(worker, "memguard_start_thread", start_os_thread),
         telemetry=Telemetry(master.STATE.events, worker.log, worker.cfg),
+        budget=master.STATE.budget,
     )
 
 

@@ -15,16 +15,23 @@ import sys
 import time
 from typing import Any, Callable, Mapping
 
+import psutil
+
+from .breaker import BASELINE_RATIO, RetirementRate
+from .budget import PAUSE_RATE, SharedBudget, resolve
 from .eventlog import EventLog
 from .events import Death, exit_report, signal_name
-from .probes.cgroup import MemoryCgroup, find_memory_cgroup, read_oom_kill_count
+from .probes.cgroup import (
+    ContainerMemory, MemoryCgroup, find_memory_cgroup, read_container_memory, read_oom_kill_count,
+)
 from .scoreboard import Scoreboard
 from .settings import Settings, SettingsError, load_settings
 from .tally import Tally
 from .telemetry import Telemetry
-from .units import format_size
+from .units import Share, format_count_rate, format_duration, format_rate, format_size, format_size_or_share
 
 SLOT_ATTR = "memguard_slot"
+_NO_CONTAINER = ContainerMemory(limit=None, mem_total=0, cgroup=None)  # only byte limits: never read
 
 
 class MasterState:
@@ -39,6 +46,12 @@ class MasterState:
         self.oom: OomWatch | None = None
         self.deaths: dict[int, Death] = {}  # pid -> how it ended, peeked before gunicorn reaps it
         self.metrics: Any = None  # prometheus.MetricsEndpoint, once serving
+        # leak-aware policy
+        self.budget: SharedBudget | None = None
+        self.container: ContainerMemory | None = None
+        self.master_rss = 0
+        self.workers = 0  # the worker count the budget was last resolved for
+        self.rate: RetirementRate | None = None
 
 
 STATE = MasterState()
@@ -91,6 +104,9 @@ def install(cfg: Any, log: Any, server: Any = None) -> Settings:
         if settings.enabled:
             STATE.scoreboard = Scoreboard()
             STATE.oom = OomWatch(find_memory_cgroup())
+            STATE.budget = SharedBudget()
+            if settings.max_retirements is not None:
+                STATE.rate = RetirementRate(*settings.max_retirements)
             _announce(settings, cfg, log)
     if STATE.settings.enabled:
         for name in compose_into(cfg):
@@ -174,8 +190,8 @@ def watch_deaths(arbiter: Any) -> None:
 
 
 def _announce(settings: Settings, cfg: Any, log: Any) -> None:
-    limit = format_size(settings.max_memory) if settings.max_memory else "none (measuring only)"
-    hard = format_size(settings.hard_max_memory) if settings.hard_max_memory else "none"
+    limit = format_size_or_share(settings.max_memory) if settings.max_memory else "none (measuring only)"
+    hard = format_size_or_share(settings.hard_max_memory) if settings.hard_max_memory else "none"
     log.info(
         "memguard: guarding workers: metric=%s limit=%s hard_limit=%s jitter=%g%% min_lifetime=%gs "
         "check_interval=%gs",
@@ -183,6 +199,17 @@ def _announce(settings: Settings, cfg: Any, log: Any) -> None:
     )
     if settings.dry_run:
         log.warning("memguard: dry run (MEMGUARD_DRY_RUN): workers are measured and judged, none is retired")
+    growth = (
+        f"max_growth={format_rate(settings.max_growth)} over {format_duration(settings.growth_window)} "
+        f"(grace {format_duration(settings.growth_grace)}, every {format_duration(settings.growth_interval)})"
+        if settings.max_growth is not None else "max_growth=off"
+    )
+    reclaim = f"at most every {format_duration(settings.reclaim_interval)}" if settings.reclaim else "off"
+    log.info(
+        "memguard: leak-aware policy: %s; reclaim before retiring %s; crash-loop breaker at a fresh worker "
+        ">= %g%% of its limit or more than %s retirements per worker",
+        growth, reclaim, BASELINE_RATIO * 100, format_count_rate(settings.max_retirements),
+    )
     if settings.max_memory is None and settings.hard_max_memory is None:
         log.warning("memguard: no MEMGUARD_MAX_MEMORY or MEMGUARD_HARD_MAX_MEMORY set: no worker will be retired")
     uri = cfg.settings["worker_class"].get()
@@ -193,6 +220,29 @@ def _announce(settings: Settings, cfg: Any, log: Any) -> None:
             "Say -k gunicorn_memguard.workers.ThreadWorker to get what you asked for.",
             uri, cfg.threads,
         )
+
+
+def rebudget(server: Any) -> None:
+    """Resolve per-worker limits before the first fork and whenever the worker count changed
+    (TTIN/TTOU); live workers pick the new values up from the shared budget."""
+    settings, budget = STATE.settings, STATE.budget
+    if settings is None or budget is None or server.num_workers == STATE.workers:
+        return
+    first = STATE.workers == 0
+    STATE.workers = server.num_workers
+    if STATE.container is None and any(isinstance(x, Share) for x in (settings.max_memory, settings.hard_max_memory)):
+        STATE.container = read_container_memory()
+        STATE.master_rss = psutil.Process().memory_info().rss  # after preload_app, before the first fork
+    resolved = resolve(settings.max_memory, settings.hard_max_memory, STATE.container or _NO_CONTAINER,
+                       STATE.master_rss, STATE.workers)
+    budget.set_limits(resolved.soft, resolved.hard)
+    if resolved.how:
+        server.log.info("%s%s", resolved.how, "" if first else " (worker count changed)")
+        if resolved.soft and resolved.hard and resolved.hard < resolved.soft:
+            server.log.warning(
+                "memguard: the hard limit (%s) resolved below the soft limit (%s): workers will be retired at "
+                "once at the hard limit, never gracefully", format_size(resolved.hard), format_size(resolved.soft),
+            )
 
 
 def claim_slot(worker: Any, log: Any) -> None:
@@ -215,6 +265,8 @@ def report_exit(worker: Any, log: Any, cfg: Any) -> None:
     oom_killed = STATE.oom.rose() if STATE.oom is not None and death and death.signal == signal.SIGKILL else None
     report = exit_report(worker.pid, view, now, death, oom_killed)
     getattr(log, report.level)(report.message)
+    if view.pid == worker.pid and view.retire_started and view.reason in ("soft_limit", "growth_rate"):
+        _count_retirement(log)
     with STATE.tally.lock:  # a scrape sees the slot or the total, never both or neither
         STATE.tally.fold(view, report.outcome)
         STATE.scoreboard.release(slot)
@@ -228,3 +280,21 @@ def report_exit(worker: Any, log: Any, cfg: Any) -> None:
             code=death.code if death else None,
             oom_kills=STATE.oom.count if STATE.oom is not None and oom_killed is not None else None,
         )
+
+
+def _count_retirement(log: Any) -> None:
+    """Trip the crash-loop breaker when graceful retirements outpace MEMGUARD_MAX_RETIREMENTS."""
+    if STATE.rate is None or STATE.budget is None or STATE.settings is None:
+        return
+    now = time.time()
+    until = STATE.rate.record(now, STATE.workers)
+    if until is None or not STATE.budget.pause_if_running(until, PAUSE_RATE, now):
+        return
+    count, per = STATE.settings.max_retirements or (0, 0.0)
+    log.error(
+        "memguard: CRASH-LOOP BREAKER: more than %s soft-limit/growth retirements per worker within %s "
+        "(MEMGUARD_MAX_RETIREMENTS=%s/%s, %s workers); recycling for the soft limit and growth rate is paused "
+        "for %s (the hard limit still applies). Workers are being replaced faster than they should need to be: "
+        "raise MEMGUARD_MAX_MEMORY or MEMGUARD_MAX_GROWTH, or find the leak.",
+        count, format_duration(per), count, format_duration(per), STATE.workers, format_duration(round(until - now)),
+    )

@@ -129,5 +129,9 @@ class Scoreboard:
         """Dry run: the reasons (bits of ``policy.REASONS``) this worker would have retired for."""
         _Q.pack_into(self._map, self._base(index) + _OFFSETS["would_retire"], mask)
 
+    def set_limit(self, index: int, limit: int) -> None:
+        """A re-resolved soft limit (percentage limits after the worker count changed)."""
+        _Q.pack_into(self._map, self._base(index) + _OFFSETS["limit"], limit)
+
     def set_state(self, index: int, state: State) -> None:
         _Q.pack_into(self._map, self._base(index) + _OFFSETS["state"], state)

@@ -14,15 +14,22 @@ from typing import Any, Callable, Mapping
 
 from .units import (
     BOOL_FORM,
+    COUNT_RATE_FORM,
     DURATION_FORM,
     PERCENT_FORM,
-    SIZE_FORM,
+    RATE_FORM,
+    SIZE_OR_SHARE_FORM,
+    Share,
+    format_count_rate,
     format_duration,
-    format_size,
+    format_rate,
+    format_size_or_share,
     parse_bool,
+    parse_count_rate,
     parse_duration,
     parse_percent,
-    parse_size,
+    parse_rate,
+    parse_size_or_share,
 )
 
 ENV_PREFIX = "MEMGUARD_"
@@ -94,14 +101,25 @@ class Spec:
     help: str
 
 
-def _show_size(value: int | None) -> str:
-    return "unset" if value is None else format_size(value)
+def _parse_growth(value: object) -> float:
+    rate = parse_rate(value)
+    if rate <= 0:
+        raise ValueError(f"must be above zero; expected {RATE_FORM}")
+    return rate
+
+
+def _show_rate(value: float | None) -> str:
+    return "unset" if value is None else format_rate(value)
 
 
 SPECS: dict[str, Spec] = {
     "enabled": Spec(parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "turn memguard off without removing it"),
-    "max_memory": Spec(parse_size, SIZE_FORM, _show_size, "soft limit per worker: retire gracefully above it"),
-    "hard_max_memory": Spec(parse_size, SIZE_FORM, _show_size, "hard limit per worker: retire at once, no waiting"),
+    "max_memory": Spec(
+        parse_size_or_share, SIZE_OR_SHARE_FORM, format_size_or_share, "soft limit per worker: retire gracefully above it"
+    ),
+    "hard_max_memory": Spec(
+        parse_size_or_share, SIZE_OR_SHARE_FORM, format_size_or_share, "hard limit per worker: retire at once, no waiting"
+    ),
     "metric": Spec(_parse_metric, "one of rss, uss, pss", str, "which memory figure the limits apply to"),
     "jitter": Spec(_parse_jitter, PERCENT_FORM, lambda v: f"{v * 100:g}%", "spread each worker's limit below max_memory"),
     "check_interval": Spec(_parse_interval, DURATION_FORM, format_duration, "timer sampling period"),
@@ -112,14 +130,24 @@ SPECS: dict[str, Spec] = {
     "report_interval": Spec(_parse_interval, DURATION_FORM, format_duration, "how often to report a sample summary"),
     "prometheus_port": Spec(_parse_port, PORT_FORM, _show_optional, "serve Prometheus metrics from the master"),
     "prometheus_address": Spec(_parse_address, ADDRESS_FORM, str, "address the Prometheus endpoint listens on"),
+    # leak-aware policy: growth rate, reclaim before retiring, crash-loop breaker
+    "max_growth": Spec(_parse_growth, RATE_FORM, _show_rate, "retire a worker whose memory floor grows faster"),
+    "growth_window": Spec(_parse_interval, DURATION_FORM, format_duration, "how far back the growth rate is judged"),
+    "growth_grace": Spec(parse_duration, DURATION_FORM, format_duration, "warm-up after boot the growth rate ignores"),
+    "growth_interval": Spec(_parse_interval, DURATION_FORM, format_duration, "growth sampling and evaluation period"),
+    "reclaim": Spec(parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "gc + malloc_trim before a soft-limit retirement"),
+    "reclaim_interval": Spec(parse_duration, DURATION_FORM, format_duration, "at most one reclaim per worker this often"),
+    "max_retirements": Spec(
+        parse_count_rate, COUNT_RATE_FORM, format_count_rate, "per worker; above it soft-limit recycling pauses"
+    ),
 }
 
 
 @dataclass(frozen=True)
 class Settings:
     enabled: bool = True
-    max_memory: int | None = None
-    hard_max_memory: int | None = None
+    max_memory: int | Share | None = None  # a Share becomes bytes in the master (see budget.py)
+    hard_max_memory: int | Share | None = None
     metric: str = "uss"
     jitter: float = 0.10
     check_interval: float = 1.0
@@ -130,6 +158,14 @@ class Settings:
     report_interval: float = 10.0
     prometheus_port: int | None = None
     prometheus_address: str = "127.0.0.1"
+    # leak-aware policy
+    max_growth: float | None = None  # bytes per second
+    growth_window: float = 5400.0
+    growth_grace: float = 600.0
+    growth_interval: float = 30.0
+    reclaim: bool = True
+    reclaim_interval: float = 60.0
+    max_retirements: tuple[int, float] | None = (10, 3600.0)
     # Where each value came from ("default", "env MEMGUARD_X", "config memguard_x"), for `check`.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -152,6 +188,12 @@ class SettingsError(ValueError):
 def _unknown(name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=1)
     return f"; did you mean {close[0]}?" if close else ""
+
+
+def _below(a: int | Share, b: int | Share) -> bool:
+    if isinstance(a, Share) and isinstance(b, Share):
+        return a.fraction < b.fraction
+    return a < b  # type: ignore[operator]
 
 
 def load_settings(env: Mapping[str, str], config: Mapping[str, object], config_name: str = "config") -> Settings:
@@ -184,10 +226,18 @@ def load_settings(env: Mapping[str, str], config: Mapping[str, object], config_n
             problems.append(f"{origin}={raw!r} is invalid: {exc}")
 
     settings = Settings(**values, sources=sources)
-    if settings.max_memory and settings.hard_max_memory and settings.hard_max_memory < settings.max_memory:
+    soft, hard = settings.max_memory, settings.hard_max_memory
+    if soft and hard and type(soft) is type(hard) and _below(hard, soft):
         problems.append(
-            f"MEMGUARD_HARD_MAX_MEMORY ({format_size(settings.hard_max_memory)}) is below "
-            f"MEMGUARD_MAX_MEMORY ({format_size(settings.max_memory)}): the hard limit must be at least the soft one"
+            f"MEMGUARD_HARD_MAX_MEMORY ({format_size_or_share(hard)}) is below "
+            f"MEMGUARD_MAX_MEMORY ({format_size_or_share(soft)}): the hard limit must be at least the soft one"
+        )
+    bucket = settings.growth_window / 30
+    if settings.max_growth is not None and settings.growth_interval > bucket:
+        problems.append(
+            f"MEMGUARD_GROWTH_INTERVAL ({format_duration(settings.growth_interval)}) is above 1/30 of "
+            f"MEMGUARD_GROWTH_WINDOW ({format_duration(settings.growth_window)}): the growth monitor needs a "
+            f"sample in every 1/30 of its window; set it to at most {format_duration(bucket)}"
         )
     if problems:
         raise SettingsError(problems)

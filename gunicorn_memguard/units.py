@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 SIZE_UNITS: dict[str, int] = {
     "b": 1,
@@ -133,3 +134,56 @@ def format_duration(seconds: float) -> str:
         if seconds >= factor and seconds % factor == 0:
             return f"{seconds / factor:g}{unit}"
     return f"{seconds:g}s"
+
+
+# -- container-relative limits and counted rates ----------------------------------------------
+SIZE_OR_SHARE_FORM = f"{SIZE_FORM}, or a percentage of the memory available per worker (e.g. 80%)"
+COUNT_RATE_FORM = "a count per duration (e.g. 10/1h), or off"
+
+
+@dataclass(frozen=True)
+class Share:
+    """A limit given as a fraction of the memory available to each worker; the master turns it
+    into bytes once it knows the container's limit and the worker count."""
+
+    fraction: float
+
+    def __str__(self) -> str:
+        return f"{self.fraction * 100:g}%"
+
+
+def parse_size_or_share(value: object) -> int | Share:
+    """``512MiB`` → bytes; ``80%`` → `Share` (0–100 %, exclusive of 0)."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        fraction = parse_percent(value)
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"a percentage must be above 0% and at most 100%; expected {SIZE_OR_SHARE_FORM}")
+        return Share(fraction)
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; or a percentage such as 80%") from None
+
+
+def format_size_or_share(value: int | Share | None) -> str:
+    if value is None:
+        return "unset"
+    return str(value) if isinstance(value, Share) else format_size(value)
+
+
+def parse_count_rate(value: object) -> tuple[int, float] | None:
+    """``10/1h`` → (10, 3600.0); ``off`` → None."""
+    text = str(value).strip().lower()
+    if text in ("off", "no", "0"):
+        return None
+    count, _, per = text.partition("/")
+    if not count.strip().isdigit() or int(count) < 1 or not per:
+        raise ValueError(f"expected {COUNT_RATE_FORM}")
+    try:
+        return int(count), parse_duration(per.strip())
+    except ValueError:
+        raise ValueError(f"expected {COUNT_RATE_FORM}") from None
+
+
+def format_count_rate(value: tuple[int, float] | None) -> str:
+    return "off" if value is None else f"{value[0]}/{format_duration(value[1])}"

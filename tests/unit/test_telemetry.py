@@ -136,7 +136,9 @@ def test_collector_reads_the_scoreboard_and_counters_survive_the_exit():
     assert live["memguard_worker_requests"][(("worker", "0"),)] == 17
     assert live["memguard_worker_retiring"] == {(("worker", "0"),): 0, (("worker", "1"),): 1}
     assert live["memguard_retirements_total"][(("reason", "soft_limit"),)] == 1
-    assert live["memguard_would_retire_total"] == {(("reason", "hard_limit"),): 1, (("reason", "soft_limit"),): 1}
+    assert live["memguard_would_retire_total"] == {
+        (("reason", "hard_limit"),): 1, (("reason", "soft_limit"),): 1, (("reason", "growth_rate"),): 0,
+    }
     assert live["memguard_dry_run"][()] == 1 and live["memguard_limit_bytes"] == {(("kind", "soft"),): 256 * MiB}
 
     with tally.lock:  # what report_exit does when it reaps worker b

@@ -19,7 +19,8 @@ from .probes.cgroup import ContainerMemory
 from .units import Share, format_size
 
 # Layout: soft, hard (bytes, 0 = none) at 0; paused_until (wall-clock seconds, 0 = not paused,
-# inf = until a fresh worker starts well below its limit) and pause reason (PAUSE_*) at 16.
+# inf = until a fresh worker starts well below its limit) and pause reason (PAUSE_*) at 16; the
+# number of times the breaker tripped at 32.
 PAUSE_NONE, PAUSE_BASELINE, PAUSE_RATE = 0, 1, 2
 
 
@@ -89,9 +90,13 @@ class SharedBudget:
             if self.paused()[0] > now:
                 return False
             self.pause(until, reason)
+            struct.pack_into("<q", self._map, 32, self.trips() + 1)
             return True
         finally:
             self._lock.release()
+
+    def trips(self) -> int:
+        return struct.unpack_from("<q", self._map, 32)[0]  # type: ignore[no-any-return]
 
     def paused(self) -> tuple[float, int]:
         """(until, reason); until is 0 when recycling is not paused."""

@@ -9,7 +9,12 @@ Schema (version 1, the ``v`` field; fields are only ever added within a version)
 
 - every event: ``v``, ``ts`` (Unix time, seconds), ``event``, ``pid``
 - ``sample`` (each worker, every ``MEMGUARD_REPORT_INTERVAL``): ``worker``, ``age``, ``requests``,
-  ``metric``, ``value`` (bytes, read exactly), ``rss``, ``limit`` (null if none)
+  ``metric``, ``value`` (bytes, read exactly), ``rss``, ``limit`` (null if none), ``growth`` (the
+  memory floor's rate in bytes/s with ``MEMGUARD_MAX_GROWTH``, or null)
+- ``reclaim`` (the worker, each reclaim before retiring): ``worker``, ``before``, ``after``,
+  ``freed`` (bytes), ``took`` (seconds), ``how``
+- ``breaker_trip`` (the process that tripped the crash-loop breaker): ``why`` (``baseline`` or
+  ``rate``), ``detail``
 - ``retire`` and ``would_retire`` (dry run, once per worker per reason): ``worker``, ``age``,
   ``requests``, ``metric``, ``value``, ``limit``, ``reason``, ``detail``
 - ``exit`` (the master, once per worker it reaps): ``worker``, ``outcome``, ``reason`` (of the

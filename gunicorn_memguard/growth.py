@@ -39,6 +39,7 @@ class GrowthMonitor:
         self._last_eval = self.start
         self._last_sample = float("-inf")
         self._agreed = 0
+        self.rate: float | None = None  # the floor's rate over the last full window, leak or not (for metrics)
 
     def wants_sample(self, now: float) -> bool:
         """True when an exact sample is due: the guard reads one at least once per ``interval``."""
@@ -89,8 +90,8 @@ class GrowthMonitor:
             return None  # a block without samples proves nothing
         floors = [m for m in minima if m is not None]
         block_time = self.window / BLOCKS
+        self.rate = rate = (floors[-1] - floors[0]) / (block_time * (BLOCKS - 1))
         step = self.max_rate * block_time / 2
         if any(b - a < step for a, b in pairwise(floors)):
             return None
-        rate = (floors[-1] - floors[0]) / (block_time * (BLOCKS - 1))
         return rate if rate > self.max_rate else None

@@ -213,6 +213,8 @@ class Guard:
                 self.pid, self.settings.metric, format_size(self._baseline), 100 * self._baseline / self.limit,
                 format_size(self.limit), 100 * breaker.RESET_RATIO, format_size(self._baseline),
             )
+            detail = f"starts at {self.settings.metric}={self._baseline}, limit {self.limit}"
+            self._tell(lambda telemetry: telemetry.breaker_trip(pid=self.pid, why="baseline", detail=detail))
         elif breaker.starts_well_below(self._baseline, self.limit) and self.budget.paused()[1] == PAUSE_BASELINE:
             self.budget.pause(0.0, PAUSE_NONE)
             self.policy.paused = False
@@ -233,13 +235,18 @@ class Guard:
             self._reclaiming = False
             raise
         now = time.monotonic()
+        if self.slot is not None and after < verdict.value:
+            self.scoreboard.add_reclaimed(self.slot, verdict.value - after)
+        how = self.reclaimer.how
+        self._tell(lambda telemetry: telemetry.reclaim(pid=self.pid, worker=self.slot, before=verdict.value,
+                                                       after=after, took=took, how=how))
         with self._lock:
             self._reclaiming = False
             again = self.policy.judge(Sample(now, after))
             freed = f"reclaimed {format_size(verdict.value - after)}" if after < verdict.value else "reclaimed nothing"
             line = (
                 f"memguard: {freed} in {took * 1000:.0f} ms "
-                f"({self.reclaimer.how}) in worker pid={self.pid}: {self.settings.metric} "
+                f"({how}) in worker pid={self.pid}: {self.settings.metric} "
                 f"{format_size(verdict.value)} -> {format_size(after)}, limit {format_size(verdict.limit)}"
             )
             if not again.retires:
@@ -262,15 +269,18 @@ class Guard:
             exact: Sample | None = Sample(sample.time, self._last_exact_value)
         else:
             exact = sample if sample.exact else None
+        growth = self.policy.growth_rate()
         if self.slot is not None:
             self.scoreboard.sample(self.slot, now, sample.value, rss, self.requests)
             if exact is not None:
                 self.scoreboard.exact(self.slot, now, exact.value)
+            if growth is not None:
+                self.scoreboard.set_growth(self.slot, growth)
         if report_due and exact is not None:
             self._last_report = sample.time
             self._tell(lambda telemetry: telemetry.sample(
                 pid=self.pid, worker=self.slot, age=sample.time - self.born, requests=self.requests,
-                metric=self.settings.metric, value=exact.value, rss=rss, limit=self.limit,
+                metric=self.settings.metric, value=exact.value, rss=rss, limit=self.limit, growth=growth,
             ))
 
     def _tell(self, report: Callable[[Telemetry], None]) -> None:

@@ -138,7 +138,7 @@ def serve_metrics(settings: Settings, log: Any) -> None:
         return
     from .prometheus import MetricsEndpoint, ScoreboardCollector
 
-    collector = ScoreboardCollector(STATE.scoreboard, STATE.tally, settings)
+    collector = ScoreboardCollector(STATE.scoreboard, STATE.tally, settings, STATE.budget)
     try:
         STATE.metrics = MetricsEndpoint(settings.prometheus_address, settings.prometheus_port, collector, log)
     except OSError as exc:
@@ -266,7 +266,7 @@ def report_exit(worker: Any, log: Any, cfg: Any) -> None:
     report = exit_report(worker.pid, view, now, death, oom_killed)
     getattr(log, report.level)(report.message)
     if view.pid == worker.pid and view.retire_started and view.reason in ("soft_limit", "growth_rate"):
-        _count_retirement(log)
+        _count_retirement(log, cfg)
     with STATE.tally.lock:  # a scrape sees the slot or the total, never both or neither
         STATE.tally.fold(view, report.outcome)
         STATE.scoreboard.release(slot)
@@ -282,7 +282,7 @@ def report_exit(worker: Any, log: Any, cfg: Any) -> None:
         )
 
 
-def _count_retirement(log: Any) -> None:
+def _count_retirement(log: Any, cfg: Any) -> None:
     """Trip the crash-loop breaker when graceful retirements outpace MEMGUARD_MAX_RETIREMENTS."""
     if STATE.rate is None or STATE.budget is None or STATE.settings is None:
         return
@@ -297,4 +297,7 @@ def _count_retirement(log: Any) -> None:
         "for %s (the hard limit still applies). Workers are being replaced faster than they should need to be: "
         "raise MEMGUARD_MAX_MEMORY or MEMGUARD_MAX_GROWTH, or find the leak.",
         count, format_duration(per), count, format_duration(per), STATE.workers, format_duration(round(until - now)),
+    )
+    Telemetry(STATE.events, log, cfg).breaker_trip(
+        pid=os.getpid(), why="rate", detail=f"more than {count} retirements per worker within {format_duration(per)}",
     )

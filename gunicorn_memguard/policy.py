@@ -147,6 +147,11 @@ class WorkerPolicy:
                 return True
         return False
 
+    def growth_rate(self) -> float | None:
+        """The growth monitor's last measured floor rate (bytes/s), if it has one."""
+        rates = [rate for m in self.monitors if (rate := getattr(m, "rate", None)) is not None]
+        return rates[0] if rates else None
+
     def retarget(self, soft: int | None, hard: int | None) -> None:
         """Apply re-evaluated limits (e.g. a percentage limit after the worker count changed)."""
         from .growth import GrowthMonitor  # growth builds on this module's types

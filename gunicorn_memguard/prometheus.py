@@ -20,6 +20,7 @@ forked worker closes its copy of the listening socket.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import socketserver
@@ -31,6 +32,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .budget import SharedBudget
 from .events import OUTCOMES
 from .policy import REASONS
 from .scoreboard import Scoreboard, State
@@ -44,10 +46,12 @@ _LIVE = (State.RUNNING, State.RETIRING)
 class ScoreboardCollector:
     """Builds every metric afresh from the scoreboard and the master's totals at each scrape."""
 
-    def __init__(self, scoreboard: Scoreboard, tally: Tally, settings: Settings) -> None:
+    def __init__(self, scoreboard: Scoreboard, tally: Tally, settings: Settings,
+                 budget: SharedBudget | None = None) -> None:
         self.scoreboard = scoreboard
         self.tally = tally
         self.settings = settings
+        self.budget = budget  # the limits as resolved for this worker count, and the breaker
 
     def collect(self) -> Iterator[Metric]:
         now = time.time()
@@ -77,6 +81,11 @@ class ScoreboardCollector:
         yield per_worker("memguard_worker_retiring", "1 while the worker drains after a retirement",
                          lambda v: 1 if v.state is State.RETIRING else 0)
         yield per_worker("memguard_worker_pid", "The worker's process id (a value, not a label)", lambda v: v.pid)
+        yield per_worker("memguard_worker_growth_bytes_per_second",
+                         "Growth of the worker's memory floor over MEMGUARD_GROWTH_WINDOW (with MEMGUARD_MAX_GROWTH)",
+                         lambda v: None if math.isnan(v.growth) else v.growth)
+        yield CounterMetricFamily("memguard_reclaimed_bytes", "Memory given back by reclaims before retiring",
+                                  value=totals.reclaimed)
 
         for name, doc, label, known, counts in (
             ("memguard_retirements", "Workers retired, by reason", "reason", REASONS, totals.retirements),
@@ -90,11 +99,19 @@ class ScoreboardCollector:
                 family.add_metric([key], counts[key])
             yield family
 
-        limits = GaugeMetricFamily("memguard_limit_bytes", "Configured per-worker limits", labels=["kind"])
-        for kind, value in (("soft", self.settings.max_memory), ("hard", self.settings.hard_max_memory)):
-            if value is not None:
-                limits.add_metric([kind], value)
+        configured = self.budget.limits() if self.budget is not None else (None, None)
+        limits = GaugeMetricFamily("memguard_limit_bytes", "Per-worker limits (percentages resolved to bytes)",
+                                   labels=["kind"])
+        for kind, resolved, value in (("soft", configured[0], self.settings.max_memory),
+                                      ("hard", configured[1], self.settings.hard_max_memory)):
+            if resolved is not None or isinstance(value, int):
+                limits.add_metric([kind], resolved if resolved is not None else value)
         yield limits
+        if self.budget is not None:
+            yield GaugeMetricFamily("memguard_breaker_open", "1 while the crash-loop breaker pauses soft recycling",
+                                    value=1 if self.budget.paused()[0] > now else 0)
+            yield CounterMetricFamily("memguard_breaker_trips", "Times the crash-loop breaker tripped",
+                                      value=self.budget.trips())
         yield GaugeMetricFamily("memguard_dry_run", "1 when MEMGUARD_DRY_RUN is on: nothing is retired",
                                 value=1 if self.settings.dry_run else 0)
 

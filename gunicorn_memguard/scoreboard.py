@@ -10,6 +10,7 @@ writer at a time and 8-byte aligned fields are read whole.
 from __future__ import annotations
 
 import enum
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -29,13 +30,14 @@ class State(enum.IntEnum):
     OVERRAN = 5  # memguard ended it: its drain outlived graceful_timeout
 
 
-# pid, state, born, updated, value, rss, limit, requests, retire_started, reason, would_retire, exact, exact_at
-_SLOT = struct.Struct("<q q d d q q q q d 24s q q d")
-_SIZE = 128
+# pid, state, born, updated, value, rss, limit, requests, retire_started, reason, would_retire, exact, exact_at,
+# growth, reclaimed
+_SLOT = struct.Struct("<q q d d q q q q d 24s q q d d q")
+_SIZE = 192
 _OFFSETS = {
     "pid": 0, "state": 8, "born": 16, "updated": 24, "value": 32,
     "rss": 40, "limit": 48, "requests": 56, "retire_started": 64, "reason": 72,
-    "would_retire": 96, "exact": 104, "exact_at": 112,
+    "would_retire": 96, "exact": 104, "exact_at": 112, "growth": 120, "reclaimed": 128,
 }
 _Q = struct.Struct("<q")
 _D = struct.Struct("<d")
@@ -56,6 +58,8 @@ class SlotView:
     would_retire: int  # dry run: bit i set once the worker would have retired for policy.REASONS[i]
     exact: int  # last exact reading of the enforced metric (for metrics: ``value`` may be a bound)
     exact_at: float  # when it was read, 0 if never
+    growth: float  # the growth monitor's measured floor rate, bytes/s (NaN until it has a full window)
+    reclaimed: int  # bytes given back by reclaims (gc.collect + malloc_trim) in this worker
 
 
 def encode_reasons(reasons: Iterable[str]) -> int:
@@ -80,7 +84,8 @@ class Scoreboard:
         """Reserve a free slot for a worker about to be forked; None when all are taken."""
         for index in range(self.slots):
             if _Q.unpack_from(self._map, self._base(index) + _OFFSETS["state"])[0] == State.FREE:
-                _SLOT.pack_into(self._map, self._base(index), 0, State.STARTING, 0, 0, 0, 0, 0, 0, 0, b"", 0, 0, 0)
+                _SLOT.pack_into(self._map, self._base(index), 0, State.STARTING, 0, 0, 0, 0, 0, 0, 0, b"", 0, 0, 0,
+                                math.nan, 0)
                 return index
         return None
 
@@ -89,10 +94,10 @@ class Scoreboard:
 
     def read(self, index: int) -> SlotView:
         (pid, state, born, updated, value, rss, limit, requests, retire_started, reason, would, exact,
-         exact_at) = _SLOT.unpack_from(self._map, self._base(index))
+         exact_at, growth, reclaimed) = _SLOT.unpack_from(self._map, self._base(index))
         return SlotView(
             pid, State(state), born, updated, value, rss, limit, requests, retire_started,
-            reason.rstrip(b"\0").decode("ascii", "replace"), would, exact, exact_at,
+            reason.rstrip(b"\0").decode("ascii", "replace"), would, exact, exact_at, growth, reclaimed,
         )
 
     def occupied(self) -> list[tuple[int, SlotView]]:
@@ -105,7 +110,8 @@ class Scoreboard:
 
     # -- worker side --------------------------------------------------------------------
     def start(self, index: int, pid: int, born: float, limit: int) -> None:
-        _SLOT.pack_into(self._map, self._base(index), pid, State.RUNNING, born, born, 0, 0, limit, 0, 0, b"", 0, 0, 0)
+        _SLOT.pack_into(self._map, self._base(index), pid, State.RUNNING, born, born, 0, 0, limit, 0, 0, b"", 0, 0, 0,
+                       math.nan, 0)
 
     def sample(self, index: int, now: float, value: int, rss: int, requests: int) -> None:
         base = self._base(index)
@@ -124,6 +130,14 @@ class Scoreboard:
         base = self._base(index)
         _Q.pack_into(self._map, base + _OFFSETS["exact"], value)
         _D.pack_into(self._map, base + _OFFSETS["exact_at"], now)
+
+    def set_growth(self, index: int, rate: float) -> None:
+        _D.pack_into(self._map, self._base(index) + _OFFSETS["growth"], rate)
+
+    def add_reclaimed(self, index: int, freed: int) -> None:
+        """Add what a reclaim gave back (only the worker itself writes its slot's total)."""
+        base = self._base(index) + _OFFSETS["reclaimed"]
+        _Q.pack_into(self._map, base, _Q.unpack_from(self._map, base)[0] + freed)
 
     def would_retire(self, index: int, mask: int) -> None:
         """Dry run: the reasons (bits of ``policy.REASONS``) this worker would have retired for."""

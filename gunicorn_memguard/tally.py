@@ -20,6 +20,7 @@ class Totals(NamedTuple):
     retirements: Counter[str]
     would_retire: Counter[str]
     exits: Counter[str]
+    reclaimed: int  # bytes
 
 
 def _contributions(view: SlotView) -> tuple[list[str], list[str]]:
@@ -30,7 +31,7 @@ def _contributions(view: SlotView) -> tuple[list[str], list[str]]:
 class Tally:
     def __init__(self) -> None:
         self.lock = threading.RLock()
-        self._totals = Totals(Counter(), Counter(), Counter())
+        self._totals = Totals(Counter(), Counter(), Counter(), 0)
 
     def fold(self, view: SlotView, outcome: str) -> None:
         """A worker was reaped: keep what its slot counted, and how it ended. Hold ``lock``."""
@@ -38,11 +39,13 @@ class Tally:
         self._totals.retirements.update(retired)
         self._totals.would_retire.update(would)
         self._totals.exits[outcome] += 1
+        self._totals = self._totals._replace(reclaimed=self._totals.reclaimed + view.reclaimed)
 
     def totals(self, live: Iterable[SlotView]) -> Totals:
         """The counters now: reaped workers plus the live ``slots``. Hold ``lock``."""
+        live = list(live)
         result = Totals(Counter(self._totals.retirements), Counter(self._totals.would_retire),
-                        Counter(self._totals.exits))
+                        Counter(self._totals.exits), self._totals.reclaimed + sum(view.reclaimed for view in live))
         for view in live:
             retired, would = _contributions(view)
             result.retirements.update(retired)

@@ -6,9 +6,10 @@ turns a log call carrying ``extra={"metric", "value", "mtype"}`` into a datagram
 socket of its own and follows whatever the user configured for gunicorn's metrics.
 
 statsd names (after gunicorn's prefix): gauges ``memguard.worker.<slot>.memory`` (the enforced
-metric), ``.rss``, ``.limit``, ``.requests``, ``.age`` every ``MEMGUARD_REPORT_INTERVAL``;
-counters ``memguard.retirements.<reason>``, ``memguard.would_retire.<reason>`` and
-``memguard.exits.<outcome>``.
+metric), ``.rss``, ``.limit``, ``.requests``, ``.age`` (and ``.growth``, bytes/s, once the growth
+monitor has a full window) every ``MEMGUARD_REPORT_INTERVAL``; counters
+``memguard.retirements.<reason>``, ``memguard.would_retire.<reason>``, ``memguard.exits.<outcome>``,
+``memguard.reclaimed`` (bytes) and ``memguard.breaker.trips``.
 """
 
 from __future__ import annotations
@@ -54,14 +55,24 @@ class Telemetry:
                            self.events.path, self.events.failed)
 
     def sample(self, *, pid: int, worker: int | None, age: float, requests: int, metric: str, value: int,
-               rss: int, limit: int | None) -> None:
+               rss: int, limit: int | None, growth: float | None) -> None:
         self._event("sample", pid, worker=worker, age=round(age, 3), requests=requests, metric=metric,
-                    value=value, rss=rss, limit=limit)
+                    value=value, rss=rss, limit=limit, growth=None if growth is None else round(growth, 1))
         if worker is not None:
             prefix = f"memguard.worker.{worker}."
             for name, figure in (("memory", value), ("rss", rss), ("limit", limit or 0), ("requests", requests),
-                                 ("age", round(age, 3))):
-                self.statsd.gauge(prefix + name, figure)
+                                 ("age", round(age, 3)), ("growth", growth)):
+                if figure is not None:
+                    self.statsd.gauge(prefix + name, figure)
+
+    def reclaim(self, *, pid: int, worker: int | None, before: int, after: int, took: float, how: str) -> None:
+        self._event("reclaim", pid, worker=worker, before=before, after=after, freed=max(before - after, 0),
+                    took=round(took, 4), how=how)
+        self.statsd.count("memguard.reclaimed", max(before - after, 0))
+
+    def breaker_trip(self, *, pid: int, why: str, detail: str) -> None:
+        self._event("breaker_trip", pid, why=why, detail=detail)
+        self.statsd.count("memguard.breaker.trips")
 
     def retirement(self, *, dry_run: bool, pid: int, worker: int | None, age: float, requests: int, metric: str,
                    value: int, limit: int, reason: str, detail: str) -> None:

@@ -79,6 +79,7 @@ def test_prometheus_and_statsd_follow_retirements_under_load(baseline_uss, tmp_p
             assert seen == sorted(seen), seen
             # the per-worker series follow the replacements, under the same bounded labels
             now = poll(lambda: (m := scrape(metrics_port)) and set(workers_seen(m).values()) == server.worker_pids()
+                       and len(m.get("memguard_worker_memory_bytes", {})) == len(workers_seen(m))  # first read done
                        and m, timeout=15, what="scrape to show the current workers")
             assert set(workers_seen(now)) <= {"0", "1", "2", "3"}
             assert set(workers_seen(now).values()) - first, "a replacement worker should be in the scrape"

@@ -7,6 +7,7 @@ The growth monitor runs on a short window here (6 s) so a "slow" leak — 4 MiB/
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -66,7 +67,9 @@ def test_reclaimable_memory_is_reclaimed_instead_of_retiring(baseline_uss, tmp_p
         "MEMGUARD_CHECK_INTERVAL": "1s",
         "MEMGUARD_RECLAIM_INTERVAL": "1s",
     }
-    with Gunicorn([*HOOKS, APP], env, tmp_path / "reclaim.log", workers=1) as server, \
+    events = tmp_path / "events.jsonl"
+    with Gunicorn([*HOOKS, APP], {**env, "MEMGUARD_EVENT_LOG": str(events)}, tmp_path / "reclaim.log",
+                  workers=1) as server, \
             Gunicorn([*HOOKS, APP], {**env, "MEMGUARD_RECLAIM": "no"}, tmp_path / "control.log", workers=1) as control:
         server.wait_ready()
         control.wait_ready()
@@ -81,14 +84,22 @@ def test_reclaimable_memory_is_reclaimed_instead_of_retiring(baseline_uss, tmp_p
         assert min(freed) >= 50, lines
         assert server.log_lines("retiring worker") == []
         assert server.worker_pids() == pids
+        reclaims = [e for e in read_events(events) if e["event"] == "reclaim"]
+        assert len(reclaims) == len(lines) and min(e["freed"] for e in reclaims) >= 50 * MiB, reclaims
 
         # The same request, with reclaim off, recycles the worker: the test above can fail.
         assert control.get("/churn?mib=80")[0] == 200
         poll(lambda: control.log_lines("reason=soft_limit"), 15, what="the control worker's retirement")
 
 
+def read_events(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def test_a_worker_too_big_at_start_trips_the_breaker_once_and_keeps_serving(baseline_uss, tmp_path):
+    events = tmp_path / "events.jsonl"
     env = {
+        "MEMGUARD_EVENT_LOG": str(events),
         "SHAPE_BALLAST_MIB": "200",
         "MEMGUARD_MAX_MEMORY": f"{baseline_uss + 50 * MiB}B",
         "MEMGUARD_MIN_LIFETIME": "0s",
@@ -106,6 +117,8 @@ def test_a_worker_too_big_at_start_trips_the_breaker_once_and_keeps_serving(base
         assert "[ERROR]" in error and "Raise MEMGUARD_MAX_MEMORY" in error
         assert len(server.log_lines("retiring worker")) <= 2
         assert len(server.worker_pids() | first) <= 4
+        trips = [e for e in read_events(events) if e["event"] == "breaker_trip"]
+        assert [e["why"] for e in trips] == ["baseline"], trips
 
 
 def test_percent_limits_follow_the_worker_count(tmp_path):

@@ -21,7 +21,8 @@ KILLED = Death(signal.SIGKILL, None)
 
 def slot(state: State = State.RUNNING, retire_started: float = 0.0, reason: str = "") -> SlotView:
     return SlotView(pid=42, state=state, born=100.0, updated=110.0, value=300 * MiB, rss=310 * MiB,
-                    limit=256 * MiB, requests=7, retire_started=retire_started, reason=reason, would_retire=0, exact=0, exact_at=0.0)
+                    limit=256 * MiB, requests=7, retire_started=retire_started, reason=reason, would_retire=0, exact=0, exact_at=0.0,
+                    growth=float("nan"), reclaimed=0)
 
 
 V2_EVENTS = "/sys/fs/cgroup/app/memory.events"

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness import StatsdListener, poll
+from gunicorn_memguard.budget import PAUSE_RATE, SharedBudget
 from gunicorn_memguard.eventlog import SCHEMA_VERSION, EventLog
 from gunicorn_memguard.prometheus import ScoreboardCollector
 from gunicorn_memguard.scoreboard import Scoreboard, decode_reasons, encode_reasons
@@ -89,12 +90,17 @@ def test_statsd_goes_through_gunicorns_logger_with_its_prefix():
         cfg.set("statsd_host", f"127.0.0.1:{listener.port}")
         cfg.set("statsd_prefix", "web")
         telemetry = Telemetry(None, Statsd(cfg), cfg)
-        telemetry.sample(pid=1, worker=3, age=5.0, requests=9, metric="uss", value=100, rss=120, limit=None)
+        telemetry.sample(pid=1, worker=3, age=5.0, requests=9, metric="uss", value=100, rss=120, limit=None,
+                         growth=12.5)
+        telemetry.reclaim(pid=1, worker=3, before=500, after=200, took=0.01, how="gc.collect")
+        telemetry.breaker_trip(pid=1, why="rate", detail="")
         telemetry.retirement(dry_run=True, pid=1, worker=3, age=5.0, requests=9, metric="uss", value=100,
                              limit=90, reason="soft_limit", detail="")
         expected = {"web.memguard.worker.3.memory:100|g", "web.memguard.worker.3.rss:120|g",
                     "web.memguard.worker.3.limit:0|g", "web.memguard.worker.3.requests:9|g",
-                    "web.memguard.worker.3.age:5.0|g", "web.memguard.would_retire.soft_limit:1|c|@1.0"}
+                    "web.memguard.worker.3.age:5.0|g", "web.memguard.would_retire.soft_limit:1|c|@1.0",
+                    "web.memguard.worker.3.growth:12.5|g", "web.memguard.reclaimed:300|c|@1.0",
+                    "web.memguard.breaker.trips:1|c|@1.0"}
         poll(lambda: expected <= set(listener.datagrams), timeout=5, what=f"{expected} in {listener.datagrams}")
     finally:
         listener.close()
@@ -152,6 +158,34 @@ def test_collector_reads_the_scoreboard_and_counters_survive_the_exit():
     c = board.claim()  # the replacement takes the freed slot: the same bounded label
     board.start(c, 1003, born=1020.0, limit=245 * MiB)
     assert c == b and scrape(registry)["memguard_worker_pid"][(("worker", str(b)),)] == 1003
+
+
+def test_collector_shows_growth_reclaim_breaker_and_resolved_limits():
+    board, tally, budget = Scoreboard(slots=4), Tally(), SharedBudget()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ScoreboardCollector(board, tally, Settings(), budget))
+    budget.set_limits(300 * MiB, 400 * MiB)  # e.g. resolved from MEMGUARD_MAX_MEMORY=80%
+    a, b = board.claim(), board.claim()
+    board.start(a, 2001, born=1000.0, limit=290 * MiB)
+    board.start(b, 2002, born=1000.0, limit=280 * MiB)
+    board.set_growth(a, 1234.5)
+    board.add_reclaimed(a, 10 * MiB)
+    board.add_reclaimed(a, 5 * MiB)
+    board.add_reclaimed(b, 1 * MiB)
+    before = scrape(registry)
+    assert before["memguard_worker_growth_bytes_per_second"] == {(("worker", "0"),): 1234.5}  # b: no window yet
+    assert before["memguard_reclaimed_bytes_total"][()] == 16 * MiB
+    assert before["memguard_limit_bytes"] == {(("kind", "soft"),): 300 * MiB, (("kind", "hard"),): 400 * MiB}
+    assert before["memguard_breaker_open"][()] == 0 and before["memguard_breaker_trips_total"][()] == 0
+
+    assert budget.pause_if_running(float("inf"), PAUSE_RATE, now=1.0)
+    assert not budget.pause_if_running(float("inf"), PAUSE_RATE, now=1.0)  # already open: not a new trip
+    with tally.lock:
+        tally.fold(board.read(a), "graceful")
+        board.release(a)
+    after = scrape(registry)
+    assert after["memguard_reclaimed_bytes_total"][()] == 16 * MiB  # the reaped worker's share is kept
+    assert after["memguard_breaker_open"][()] == 1 and after["memguard_breaker_trips_total"][()] == 1
 
 
 def test_reason_bits_round_trip():

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from . import native
 from .events import retirement_line
 from .policy import KEEP, Sample, Verdict, build_policy
 from .probes.memory import MemoryProbe, ProbeError
@@ -34,7 +35,12 @@ StartThread = Callable[[Callable[[], None]], None]
 
 
 def start_os_thread(target: Callable[[], None]) -> None:
-    threading.Thread(target=target, name="memguard-sampler", daemon=True).start()
+    """The sampler must be a real OS thread: in a gevent worker a patched ``threading.Thread`` is a
+    greenlet, which never runs while a handler is CPU-bound (so use the unpatched original there)."""
+    if native.is_monkey_patched():
+        native.start_thread(target)
+    else:
+        threading.Thread(target=target, name="memguard-sampler", daemon=True).start()
 
 
 class Guard:
@@ -69,12 +75,13 @@ class Guard:
         )
         self.retiring: Verdict | None = None
         self.retire_started = 0.0
-        self._lock = threading.Lock()
+        # Shared with the sampler OS thread: unpatched primitives even under gevent.
+        self._lock = native.allocate_lock()
         self._last_exact = -EXACT_READ_MIN_GAP
         self._last_exact_rss = 0
         self._last_exact_value = 0
         self._broken = False
-        self._stop = threading.Event()
+        self._stop = native.StopFlag()
         if self.slot is not None:
             self.scoreboard.start(self.slot, self.pid, self.born_wall, self.limit or 0)
         start_thread(self._run_sampler)
@@ -91,7 +98,7 @@ class Guard:
             if self.retiring is None:
                 if not self._broken:
                     self._check(from_timer=True)
-            elif time.monotonic() > self.retire_started + self.worker.cfg.graceful_timeout + DRAIN_MARGIN:
+            elif self._drain_overran(margin=DRAIN_MARGIN):
                 self._overrun()
 
     def _check(self, from_timer: bool) -> None:
@@ -182,5 +189,18 @@ class Guard:
         pool threads at exit), so the sampler keeps bounding the drain until the process ends."""
         if self.retiring is None:
             self._stop.set()
+        # The same bound as the sampler's; a worker class may have cut its drain off itself first
+        # (gevent's does, a second or two after graceful_timeout).
+        overran = self.retiring is not None and self._drain_overran(margin=DRAIN_MARGIN)
+        if overran:
+            self.log.error(
+                "memguard: worker pid=%s did not finish draining within graceful_timeout=%gs; its "
+                "worker class cut the drain off",
+                self.pid,
+                self.worker.cfg.graceful_timeout,
+            )
         if self.slot is not None:
-            self.scoreboard.set_state(self.slot, State.EXITED)
+            self.scoreboard.set_state(self.slot, State.OVERRAN if overran else State.EXITED)
+
+    def _drain_overran(self, margin: float) -> bool:
+        return time.monotonic() > self.retire_started + self.worker.cfg.graceful_timeout + margin

@@ -16,6 +16,9 @@ import gunicorn
 
 Retire = Callable[[], None]
 
+# A retiring gevent worker waits this long (not ``keepalive``) for a keep-alive connection's next request.
+KEEPALIVE_AFTER_RETIREMENT = 0.05
+
 
 def send_sigterm() -> None:
     """gunicorn's own graceful stop. Measured: the sync, gthread and gevent workers notice a
@@ -73,6 +76,11 @@ class GeventDrain:
     ``server_class``) becomes a subclass that records itself — and a retirement clears ``alive`` and
     hands the closing of their listeners to the loop (gevent objects belong to it;
     ``run_callback_threadsafe`` also wakes it). The parent's loop then drains as on SIGTERM.
+
+    A keep-alive connection whose response was under way when the retirement began would then
+    wait up to ``keepalive`` seconds for another request; its wait for the next request is cut to
+    ``KEEPALIVE_AFTER_RETIREMENT``, so it closes right after its response and the client reconnects
+    to a healthy worker.
     """
 
     def __init__(self, worker: Any) -> None:
@@ -99,7 +107,14 @@ class GeventDrain:
 
     def __call__(self) -> None:
         self.worker.alive = False
+        self.worker.timeout_ctx = self._next_request_timeout  # shadows the class's method
         self.hub.loop.run_callback_threadsafe(self._stop_accepting)
+
+    @staticmethod
+    def _next_request_timeout() -> Any:
+        import gevent
+
+        return gevent.Timeout(KEEPALIVE_AFTER_RETIREMENT, False)
 
     def _stop_accepting(self) -> None:
         for server in self.servers:

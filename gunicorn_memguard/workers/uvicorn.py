@@ -106,15 +106,22 @@ class _Guarded(MemguardWorker):
         whose request has not arrived yet. So the listeners' readers are removed first, and the
         servers are closed by uvicorn only once those connections have a request in."""
         loop = asyncio.get_running_loop()
-        for listener in server.servers:
-            for sock in listener.sockets:
-                if not loop.remove_reader(sock.fileno()):  # not a selector loop (uvloop): close it
-                    listener.close()
-        deadline = loop.time() + ACCEPTED_GRACE
-        await asyncio.sleep(0.05)  # connections accepted just before get their protocol
-        while loop.time() < deadline and any(_awaits_request(c) for c in server.server_state.connections):
-            await asyncio.sleep(0.01)
-        server.should_exit = True  # read by uvicorn's main loop every 0.1 s
+        try:
+            for listener in server.servers:
+                for sock in listener.sockets:
+                    if not loop.remove_reader(sock.fileno()):  # not a selector loop (uvloop): close it
+                        listener.close()
+            deadline = loop.time() + ACCEPTED_GRACE
+            await asyncio.sleep(0.05)  # connections accepted just before get their protocol
+            while loop.time() < deadline and any(_awaits_request(c) for c in server.server_state.connections):
+                await asyncio.sleep(0.01)
+        finally:
+            server.should_exit = True  # read by uvicorn's main loop every 0.1 s
+        # uvicorn sends no heartbeat while it shuts down, so gunicorn's master would kill a long drain
+        # at --timeout; memguard bounds the drain itself, so it heartbeats until the process ends.
+        while True:
+            self.notify()
+            await asyncio.sleep(1.0)
 
 
 def _awaits_request(connection: Any) -> bool:

@@ -148,7 +148,9 @@ STREAM_MODES = ["class-gevent", "hooks-gevent", "class-uvicorn"]
 
 @pytest.mark.parametrize("mode", STREAM_MODES)
 def test_a_stream_in_flight_when_its_worker_crosses_the_limit_completes_intact(mode, tmp_path):
-    server, limit = start(mode, 40 * MiB, tmp_path, workers=1, extra=["--keep-alive", "5"])
+    # --timeout 3: the drain (3.5 s) outlasts the master's heartbeat timeout, which a draining
+    # worker must therefore keep feeding
+    server, limit = start(mode, 40 * MiB, tmp_path, workers=1, extra=["--keep-alive", "5", "--timeout", "3"])
     with server:
         (pid,) = server.worker_pids()
         out: list[object] = []

@@ -8,6 +8,9 @@ under the hook module, this class adds:
 - a clean retirement: uvicorn's ``Server`` is kept, and retiring sets its ``should_exit`` (noticed
   within 0.1 s), so the worker drains, exits 0 and ``worker_exit`` runs. A stock worker can only be
   sent SIGTERM, which uvicorn re-raises after its drain, so it dies *by* the signal;
+- no lost requests: uvicorn's own shutdown resets connections accepted just before it (see
+  ``_memguard_drain``);
+- a heartbeat to gunicorn's master while draining, which uvicorn does not send;
 - a check after every HTTP request and WebSocket session (uvicorn never calls ``post_request``):
   the ASGI app is wrapped, and ``worker.nr`` counts requests for the log line;
 - no config file needed, as for every memguard class.
@@ -16,6 +19,7 @@ under the hook module, this class adds:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 import warnings
 from typing import Any, Awaitable, Callable
@@ -64,7 +68,7 @@ def checked_after_each_request(app: ASGIApp, worker: Any) -> ASGIApp:
 
 
 def _is_asgi3(app: Any) -> bool:
-    return asyncio.iscoroutinefunction(app) or asyncio.iscoroutinefunction(getattr(app, "__call__", None))
+    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(getattr(app, "__call__", None))
 
 
 class _Guarded(MemguardWorker):

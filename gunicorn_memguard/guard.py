@@ -189,15 +189,16 @@ class Guard:
         pool threads at exit), so the sampler keeps bounding the drain until the process ends."""
         if self.retiring is None:
             self._stop.set()
-        # The same bound as the sampler's; a worker class may have cut its drain off itself first
-        # (gevent's does, a second or two after graceful_timeout).
-        overran = self.retiring is not None and self._drain_overran(margin=DRAIN_MARGIN)
+        # A drain can outlive graceful_timeout and still end before the sampler's bound: gevent's
+        # worker cuts its own off (its loop checks once a second), gthread's can finish late.
+        overran = self.retiring is not None and self._drain_overran(margin=0.0)
         if overran:
             self.log.error(
-                "memguard: worker pid=%s did not finish draining within graceful_timeout=%gs; its "
-                "worker class cut the drain off",
+                "memguard: worker pid=%s did not finish draining within graceful_timeout=%gs; it exits "
+                "%.1fs into its retirement",
                 self.pid,
                 self.worker.cfg.graceful_timeout,
+                time.monotonic() - self.retire_started,
             )
         if self.slot is not None:
             self.scoreboard.set_state(self.slot, State.OVERRAN if overran else State.EXITED)

@@ -260,8 +260,11 @@ def test_stock_uvicorn_worker_under_the_hook_module_is_retired_by_the_timer(tmp_
         assert server.get("/leak?kib=81920")[0] == 200
         poll(lambda: server.log_lines(f"retiring worker pid={pid}"), timeout=5, what="retirement by the timer")
         wait_gone(server, {pid})
-        # uvicorn re-raises the SIGTERM after its graceful shutdown: the worker dies by the signal
+        # uvicorn re-raises the SIGTERM after its graceful shutdown: the worker dies by the signal,
+        # so worker_exit does not run and the master cannot call the exit clean (as README says)
         assert server.log_lines(f"Worker (pid:{pid}) was sent SIGTERM")
+        poll(lambda: server.log_lines(f"worker pid={pid} ended without a clean exit"), timeout=5,
+             what="master's exit report")
 
 
 def test_uvicorn_worker_falls_back_to_uvicorn_workers_without_uvicorn_worker(tmp_path):

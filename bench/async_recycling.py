@@ -45,8 +45,7 @@ def main() -> None:
     print(f"{opts.requests} requests leaking {opts.leak_kib} KiB each, {opts.concurrency} concurrent, 2 workers")
     print(f"{'setup':36} {'failed':>6} {'recycles':>8} {'limit MiB':>9} {'peak USS MiB':>12}")
     for label, args, app, guarded in ROWS:
-        base_args = [a for a in args if a not in ("--max-requests", "200")]
-        limit = idle_uss(base_args, app) + 40 * MiB if guarded else None
+        limit = idle_uss(args, app) + 40 * MiB if guarded else None
         env = {"MEMGUARD_MAX_MEMORY": f"{limit}B", "MEMGUARD_MIN_LIFETIME": "0s"} if guarded else {}
         with Gunicorn([*args, app], env) as server:
             server.wait_ready()

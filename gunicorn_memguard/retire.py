@@ -21,10 +21,11 @@ KEEPALIVE_AFTER_RETIREMENT = 0.05
 
 
 def send_sigterm() -> None:
-    """gunicorn's own graceful stop. Measured: the sync, gthread and gevent workers notice a
-    SIGTERM sent to themselves at once, even when it arrives on a non-main thread, because the
-    signal wakes their select() through ``set_wakeup_fd``; setting ``alive = False`` alone
-    leaves an idle sync worker asleep for up to ``timeout / 2``."""
+    """gunicorn's own graceful stop. Measured: the sync and gthread workers notice a SIGTERM sent
+    to themselves at once, even when it arrives on a non-main thread, because the signal wakes
+    their select() through ``set_wakeup_fd``; setting ``alive = False`` alone leaves an idle sync
+    worker asleep for up to ``timeout / 2``. (gevent's loop acts on it only once a second: see
+    ``GeventDrain``.)"""
     os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -16,9 +16,6 @@ import gunicorn
 
 Retire = Callable[[], None]
 
-# A retiring gevent worker waits this long (not ``keepalive``) for a keep-alive connection's next request.
-KEEPALIVE_AFTER_RETIREMENT = 0.05
-
 
 def send_sigterm() -> None:
     """gunicorn's own graceful stop. Measured: the sync and gthread workers notice a SIGTERM sent
@@ -79,9 +76,10 @@ class GeventDrain:
     ``run_callback_threadsafe`` also wakes it). The parent's loop then drains as on SIGTERM.
 
     A keep-alive connection whose response was under way when the retirement began would then
-    wait up to ``keepalive`` seconds for another request; its wait for the next request is cut to
-    ``KEEPALIVE_AFTER_RETIREMENT``, so it closes right after its response and the client reconnects
-    to a healthy worker.
+    wait up to ``keepalive`` seconds for another request (a request that starts after it is answered
+    with ``Connection: close``), so each request of the worker ends by checking ``alive``: once
+    retiring, its connection is closed right after the response and the client reconnects to a
+    healthy worker.
     """
 
     def __init__(self, worker: Any) -> None:
@@ -95,6 +93,7 @@ class GeventDrain:
             worker.server_class = self._recording(worker.server_class)
         else:
             ggevent.StreamServer = self._recording(ggevent.StreamServer)
+        worker.handle_request = self._closing_when_retired(worker.handle_request)  # shadows the method
 
     def _recording(self, server_class: type) -> type:
         servers = self.servers
@@ -106,16 +105,20 @@ class GeventDrain:
 
         return Recorded
 
+    def _closing_when_retired(self, handle_request: Callable[..., Any]) -> Callable[..., Any]:
+        worker = self.worker
+
+        def handle_request_then_close_if_retiring(*args: Any) -> Any:
+            handled = handle_request(*args)
+            if not worker.alive:
+                raise StopIteration  # the worker's connection loop closes the connection
+            return handled
+
+        return handle_request_then_close_if_retiring
+
     def __call__(self) -> None:
         self.worker.alive = False
-        self.worker.timeout_ctx = self._next_request_timeout  # shadows the class's method
         self.hub.loop.run_callback_threadsafe(self._stop_accepting)
-
-    @staticmethod
-    def _next_request_timeout() -> Any:
-        import gevent
-
-        return gevent.Timeout(KEEPALIVE_AFTER_RETIREMENT, False)
 
     def _stop_accepting(self) -> None:
         for server in self.servers:

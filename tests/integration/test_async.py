@@ -215,7 +215,10 @@ def test_fastapi_sync_endpoint_leaking_in_the_thread_pool_stays_bounded(tmp_path
         assert result.failed == [], f"failed requests: {result.failed[:10]}"
         assert set(watch.peak) - first, "no worker was replaced"
         peak = max(watch.peak.values())
-        slack = 16 * MiB  # 8 requests in flight in the thread pool, ~1.7 MiB each, and two samples
+        # 8 requests in flight in the thread pool (~1.7 MiB each) finish during the drain, and as many
+        # land between the two over-limit samples; +6.8 MiB measured on an idle machine, more when
+        # the CPU is shared and each request takes longer
+        slack = 24 * MiB
         assert peak <= limit + slack, f"peak {peak / MiB:.1f} MiB > limit {limit / MiB:.1f} + {slack / MiB:.0f} MiB"
         retired = retired_pids(server)
         assert len(retired) >= 3 and len(set(retired)) == len(retired)

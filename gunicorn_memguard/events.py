@@ -80,6 +80,11 @@ def exit_report(
                 f"memguard: worker pid={pid} exited gracefully after retirement "
                 f"reason={slot.reason} drain={drained:.1f}s requests={slot.requests}"
             ), "graceful")
+        if death is not None and death.signal == signal.SIGTERM:  # stock uvicorn re-raises it after its shutdown
+            return ExitReport("info", (
+                f"memguard: worker pid={pid} ended by SIGTERM after its own shutdown, following retirement "
+                f"reason={slot.reason} drain={drained:.1f}s (stock uvicorn workers end this way)"
+            ), "graceful")
         outcome, how = _killed_by(death, oom_killed)
         if outcome == "died":
             how = "ended without a clean exit; its drain overran graceful_timeout or it was killed"

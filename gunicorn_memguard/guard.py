@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-from . import breaker
+from . import breaker, native
 from .budget import PAUSE_BASELINE, PAUSE_NONE, SharedBudget
 from .events import retirement_line
 from .policy import KEEP, Growth, Sample, Verdict, build_policy
@@ -40,7 +40,12 @@ StartThread = Callable[[Callable[[], None]], None]
 
 
 def start_os_thread(target: Callable[[], None]) -> None:
-    threading.Thread(target=target, name="memguard-sampler", daemon=True).start()
+    """The sampler must be a real OS thread: in a gevent worker a patched ``threading.Thread`` is a
+    greenlet, which never runs while a handler is CPU-bound (so use the unpatched original there)."""
+    if native.is_monkey_patched():
+        native.start_thread(target)
+    else:
+        threading.Thread(target=target, name="memguard-sampler", daemon=True).start()
 
 
 def _show(size: int | None) -> str:
@@ -95,12 +100,13 @@ class Guard:
         self._baseline: int | None = None  # the first exact reading, for the crash-loop breaker
         self.retiring: Verdict | None = None
         self.retire_started = 0.0
-        self._lock = threading.Lock()
+        # Shared with the sampler OS thread: unpatched primitives even under gevent.
+        self._lock = native.allocate_lock()
         self._last_exact = -EXACT_READ_MIN_GAP
         self._last_exact_rss = 0
         self._last_exact_value = 0
         self._broken = False
-        self._stop = threading.Event()
+        self._stop = native.StopFlag()
         self.telemetry = telemetry
         self._last_report = -float("inf")
         self._dry_reasons: set[str] = set()  # dry run: reasons already reported
@@ -120,7 +126,7 @@ class Guard:
             if self.retiring is None:
                 if not self._broken:
                     self._check(from_timer=True)
-            elif time.monotonic() > self.retire_started + self.worker.cfg.graceful_timeout + DRAIN_MARGIN:
+            elif self._drain_overran(margin=DRAIN_MARGIN):
                 self._overrun()
 
     def _check(self, from_timer: bool) -> None:
@@ -351,5 +357,19 @@ class Guard:
         pool threads at exit), so the sampler keeps bounding the drain until the process ends."""
         if self.retiring is None:
             self._stop.set()
+        # A drain can outlive graceful_timeout and still end before the sampler's bound: gevent's
+        # worker cuts its own off (its loop checks once a second), gthread's can finish late.
+        overran = self.retiring is not None and self._drain_overran(margin=0.0)
+        if overran:
+            self.log.error(
+                "memguard: worker pid=%s did not finish draining within graceful_timeout=%gs; it exits "
+                "%.1fs into its retirement",
+                self.pid,
+                self.worker.cfg.graceful_timeout,
+                time.monotonic() - self.retire_started,
+            )
         if self.slot is not None:
-            self.scoreboard.set_state(self.slot, State.EXITED)
+            self.scoreboard.set_state(self.slot, State.OVERRAN if overran else State.EXITED)
+
+    def _drain_overran(self, margin: float) -> bool:
+        return time.monotonic() > self.retire_started + self.worker.cfg.graceful_timeout + margin

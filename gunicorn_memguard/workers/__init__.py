@@ -11,6 +11,9 @@ from typing import Any
 _CLASSES = {
     "SyncWorker": "sync",
     "ThreadWorker": "gthread",
+    "GeventWorker": "gevent",
+    "UvicornWorker": "uvicorn",
+    "UvicornH11Worker": "uvicorn",
 }
 
 __all__ = list(_CLASSES)

@@ -52,11 +52,13 @@ def on_starting(server: Any) -> None:
 @_never_raises
 def when_ready(server: Any) -> None:
     master.install(server.cfg, server.log, server)
+    master.coordinate(server)
 
 
 @_never_raises
 def pre_fork(server: Any, worker: Any) -> None:
     master.install(server.cfg, server.log, server)
+    master.coordinate(server)
     master.claim_slot(worker, server.log)
 
 
@@ -80,6 +82,7 @@ def post_worker_init(worker: Any) -> None:
         master.STATE.scoreboard,
         getattr(worker, master.SLOT_ATTR, None),
         getattr(worker, "memguard_start_thread", start_os_thread),
+        coordinated=master.STATE.coordinated,
     )
 
 

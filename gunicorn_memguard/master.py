@@ -13,11 +13,12 @@ import time
 from typing import Any, Mapping
 
 from .events import exit_line
-from .scoreboard import Scoreboard
+from .coordinator import Coordinator
+from .scoreboard import SLOT_ATTR, Scoreboard
 from .settings import Settings, SettingsError, load_settings
 from .units import format_size
 
-SLOT_ATTR = "memguard_slot"
+COORDINATOR_ATTR = "memguard_coordinator"
 
 
 class MasterState:
@@ -26,6 +27,7 @@ class MasterState:
     def __init__(self) -> None:
         self.settings: Settings | None = None
         self.scoreboard: Scoreboard | None = None
+        self.coordinated = False  # a coordinator runs in the master: soft retirements wait their turn
 
 
 STATE = MasterState()
@@ -100,6 +102,17 @@ def _announce(settings: Settings, cfg: Any, log: Any) -> None:
             "Say -k gunicorn_memguard.workers.ThreadWorker to get what you asked for.",
             uri, cfg.threads,
         )
+
+
+def coordinate(server: Any) -> None:
+    """Attach the retirement coordinator to the arbiter once (idempotent; from ``when_ready`` for
+    the hook module and from ``pre_fork`` for both adoption paths, which runs before every fork)."""
+    if STATE.scoreboard is None or STATE.settings is None or getattr(server, COORDINATOR_ATTR, None) is not None:
+        return
+    coordinator = Coordinator(server, STATE.settings, STATE.scoreboard, server.log)
+    coordinator.attach()
+    setattr(server, COORDINATOR_ATTR, coordinator)
+    STATE.coordinated = True
 
 
 def claim_slot(worker: Any, log: Any) -> None:

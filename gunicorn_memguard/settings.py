@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from .units import (
     BOOL_FORM,
@@ -50,6 +50,38 @@ def _parse_interval(value: object) -> float:
     return seconds
 
 
+def _parse_budget(value: object) -> int:
+    count = int(str(value).strip()) if str(value).strip().isdigit() else 0
+    if count < 1:
+        raise ValueError("expected a whole number of workers, at least 1 (e.g. 1)")
+    return count
+
+
+class TotalMemory(NamedTuple):
+    """A server-wide budget: a size in bytes, or a share of the container's memory."""
+
+    size: int | None = None
+    share: float | None = None
+
+    def resolve(self, container: int) -> int:
+        return self.size if self.size is not None else int(container * (self.share or 0.0))
+
+    def __str__(self) -> str:
+        return format_size(self.size) if self.size is not None else f"{(self.share or 0.0) * 100:g}% of the container"
+
+
+def _parse_total_memory(value: object) -> TotalMemory:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        share = parse_percent(value)
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"a share of the container must be above 0% and at most 100%; expected {SIZE_FORM} or {PERCENT_FORM}")
+        return TotalMemory(share=share)
+    try:
+        return TotalMemory(size=parse_size(value))
+    except ValueError as exc:
+        raise ValueError(f"{exc}; or {PERCENT_FORM} of the container") from None
+
+
 @dataclass(frozen=True)
 class Spec:
     """How one setting is read and shown."""
@@ -72,6 +104,10 @@ SPECS: dict[str, Spec] = {
     "jitter": Spec(_parse_jitter, PERCENT_FORM, lambda v: f"{v * 100:g}%", "spread each worker's limit below max_memory"),
     "check_interval": Spec(_parse_interval, DURATION_FORM, format_duration, "timer sampling period"),
     "min_lifetime": Spec(parse_duration, DURATION_FORM, format_duration, "no soft-limit retirement younger than this"),
+    # -- coordination in the master (one block)
+    "max_concurrent_retirements": Spec(_parse_budget, "a whole number, at least 1", str, "workers retired/replaced at once"),
+    "spawn_first": Spec(parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "start a replacement before a soft retirement"),
+    "max_total_memory": Spec(_parse_total_memory, f"{SIZE_FORM}, or {PERCENT_FORM} of the container", lambda v: "unset" if v is None else str(v), "server-wide PSS budget over all workers"),
 }
 
 
@@ -84,6 +120,9 @@ class Settings:
     jitter: float = 0.10
     check_interval: float = 1.0
     min_lifetime: float = 30.0
+    max_concurrent_retirements: int = 1
+    spawn_first: bool = True
+    max_total_memory: TotalMemory | None = None
     # Where each value came from ("default", "env MEMGUARD_X", "config memguard_x"), for `check`.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 

@@ -48,7 +48,6 @@ class Retirement:
     reason: str
     started: float  # monotonic
     raised: bool  # num_workers was raised by one for its replacement
-    after_age: int  # its replacement is any worker spawned after this arbiter.worker_age
     granted: bool  # the target was told to retire
 
 
@@ -150,8 +149,14 @@ class Coordinator:
             del self._beats[pid]
 
     def _advance(self, now: float, workers: dict[int, Any], views: dict[int, SlotView]) -> None:
-        """Grant each target whose replacement is ready to serve."""
-        for retirement in self.retirements.values():
+        """Grant a target once the workers ready to serve without it are at least the count gunicorn
+        wants without memguard's raises: a replacement has loaded its app (or TTIN added one)."""
+        wanted = self.arbiter.num_workers - sum(r.raised for r in self.retirements.values())
+        granted = {r.target for r in self.retirements.values() if r.granted}
+        serving = {pid for pid, worker in workers.items()
+                   if pid not in granted and not (pid in views and views[pid].state in LEAVING)
+                   and self._ready(pid, worker, views)}
+        for retirement in sorted(self.retirements.values(), key=lambda r: r.started):
             view = views.get(retirement.target)
             if retirement.granted:
                 if view is not None and view.state is State.WAITING:
@@ -159,36 +164,31 @@ class Coordinator:
                 continue
             if view is not None and view.state in LEAVING:
                 retirement.granted = True  # past its hard limit while waiting: it did not wait
-                continue
-            ready = self._replacement(retirement, workers, views)
-            if ready is not None:
+                serving.discard(retirement.target)
+            elif len(serving - {retirement.target}) >= wanted:
                 self._grant(retirement, workers)
-                self.log.info("memguard: replacement pid=%s is serving after %.1fs; worker pid=%s retires now",
-                              ready, now - retirement.started, retirement.target)
+                serving.discard(retirement.target)
+                self.log.info("memguard: %d workers serve without worker pid=%s (replacement ready after %.1fs); "
+                              "it retires now", len(serving), retirement.target, now - retirement.started)
             elif now - retirement.started > self.arbiter.timeout:
                 self._grant(retirement, workers)
+                serving.discard(retirement.target)
                 self.log.warning("memguard: no replacement ready after %.0fs (gunicorn timeout); worker pid=%s "
                                  "retires anyway", now - retirement.started, retirement.target)
 
-    def _replacement(self, retirement: Retirement, workers: dict[int, Any],
-                     views: dict[int, SlotView]) -> int | None:
-        """A worker spawned for this retirement that has loaded its app: its guard has started, or
-        (without a slot) its heartbeat has moved — the master's ``booted`` flag is never set."""
-        for pid, worker in workers.items():
-            if worker.age <= retirement.after_age:
-                continue
-            if pid in views:
-                return pid
-            try:
-                beat = worker.tmp.last_update()
-            except (OSError, ValueError):
-                continue
-            if self._beats.setdefault(pid, beat) != beat:
-                return pid
-        return None
+    def _ready(self, pid: int, worker: Any, views: dict[int, SlotView]) -> bool:
+        """The worker has loaded its app: its guard has started, or (without a slot) its heartbeat
+        has moved — the master's ``booted`` flag is never set."""
+        if pid in views:
+            return True
+        try:
+            beat = worker.tmp.last_update()
+        except (OSError, ValueError):
+            return False
+        return self._beats.setdefault(pid, beat) != beat
 
     def _start(self, now: float, pid: int, reason: str, workers: dict[int, Any], views: dict[int, SlotView]) -> None:
-        retirement = Retirement(pid, reason, now, raised=False, after_age=self.arbiter.worker_age, granted=False)
+        retirement = Retirement(pid, reason, now, raised=False, granted=False)
         self.retirements[pid] = retirement
         if not self.settings.spawn_first or reason == TOTAL_REASON:
             self._grant(retirement, workers)

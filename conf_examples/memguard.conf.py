@@ -11,6 +11,9 @@ memguard_metric = "uss"  # rss, uss or pss: what the limits apply to
 memguard_jitter = "10%"  # each worker's limit is drawn once in [90%, 100%] of max_memory
 memguard_min_lifetime = "30s"  # no soft-limit retirement of a younger worker
 memguard_check_interval = "1s"  # timer sampling, on top of a check after every request
+memguard_max_concurrent_retirements = 1  # workers retired/replaced at once, furthest over first
+memguard_spawn_first = True  # a soft retiree's replacement loads its app before it stops accepting
+# memguard_max_total_memory = "80%"  # server-wide PSS budget (a size or % of the container)
 
 # -- gunicorn, as usual ----------------------------------------------------------------------
 workers = 4

@@ -125,8 +125,8 @@ def test_a_worker_killed_while_holding_a_turn_releases_it(baseline_uss, tmp_path
     env = guard_env(baseline_uss + 20 * MiB, 3)
     with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=2) as server:
         server.wait_ready()
-        for _ in range(60):  # one worker passes its limit; its replacement takes 3 s to boot
-            server.get("/leak?kib=512")
+        for _ in range(60):  # 60 MiB over two workers: one passes its limit; its replacement takes 3 s to boot
+            server.get("/leak?kib=1024")
         (victim,) = poll(lambda: granted_pids(server), 30, what="a spawn-first recycle")
         os.kill(victim, signal.SIGKILL)
         poll(lambda: server.log_lines(f"worker pid={victim} left before its turn came"), 10, what="the turn released")
@@ -140,8 +140,8 @@ def test_hup_during_a_spawn_first_recycle_leaves_the_configured_count(baseline_u
     env = guard_env(baseline_uss + 20 * MiB, 1.5)
     with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=2) as server:
         server.wait_ready()
-        for _ in range(60):
-            server.get("/leak?kib=512")
+        for _ in range(60):  # 60 MiB over two workers: one passes its limit
+            server.get("/leak?kib=1024")
         poll(lambda: granted_pids(server), 30, what="a spawn-first recycle")
         server.proc.send_signal(signal.SIGHUP)
         poll(lambda: server.log_lines("Handling signal: hup"), 10, what="the reload")

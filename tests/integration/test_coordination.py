@@ -61,7 +61,7 @@ def test_spawn_first_keeps_every_configured_worker_serving(baseline_uss, tmp_pat
         server.wait_ready()
         watch = FleetWatch(server)
         poll(lambda: watch.min_serving <= 4, 10, what="all four workers serving")
-        result = load(server, "/leak?kib=256&s=0.01", requests=3200, concurrency=4, pace=80, timeout=90)
+        result = load(server, "/leak?kib=256&s=0.01", requests=1600, concurrency=4, pace=80, timeout=60)
         poll(lambda: len(watch.exiting) >= 10, 15, what="ten recycles")
         watch.stop()
 

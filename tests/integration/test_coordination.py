@@ -13,6 +13,8 @@ import signal
 import threading
 import time
 
+import pytest
+
 from .conftest import MiB
 from bench.harness import Gunicorn, MemoryWatch, load, poll
 from bench.recycling import FleetWatch
@@ -53,11 +55,12 @@ def test_identically_leaking_workers_retire_within_the_budget(baseline_uss, tmp_
         print(f"budget 2: {len(watch.stopped)} retirements, at most {watch.max_draining} at once, {watch.samples} samples")
 
 
-def test_spawn_first_keeps_every_configured_worker_serving(baseline_uss, tmp_path):
+@pytest.mark.parametrize("worker", [["-k", "sync"], ["-k", "gthread", "--threads", "2"]], ids=["sync", "gthread"])
+def test_spawn_first_keeps_every_configured_worker_serving(worker, baseline_uss, tmp_path):
     """Budget 1, spawn-first, an app that takes 0.5 s to import: over at least ten recycles, sampled
     every 20 ms, there are always four workers ready to serve and never two draining."""
     env = guard_env(baseline_uss + 24 * MiB, 0.5)
-    with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=4) as server:
+    with Gunicorn([*HOOKS, *worker, SLOWBOOT], env, tmp_path / "g.log", workers=4) as server:
         server.wait_ready()
         watch = FleetWatch(server)
         poll(lambda: watch.min_serving <= 4, 10, what="all four workers serving")

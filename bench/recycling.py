@@ -2,7 +2,7 @@
 20 ms), failed requests, and p99 latency — in steady state, with memguard's spawn-first
 recycling, and with gunicorn's own ``--max-requests`` on the same app and load.
 
-    python -m bench.recycling [--boot 2] [--workers 4] [--seconds 45] [--rate 40]
+    python -m bench.recycling [--boot 2] [--workers 4] [--seconds 60] [--rate 40]
 
 The app (tests/apps/slowboot.py) takes ``--boot`` seconds to import, like a large project, so a
 recycle that does not wait for its replacement leaves a hole in capacity. Each request leaks
@@ -161,9 +161,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--boot", type=float, default=2.0, help="seconds the app takes to import")
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=45.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--rate", type=float, default=40.0, help="requests per second")
-    parser.add_argument("--kib", type=int, default=256, help="KiB leaked per request")
+    parser.add_argument("--kib", type=int, default=320, help="KiB leaked per request")
     parser.add_argument("--headroom", type=int, default=40, help="MiB a worker may grow above idle")
     opts = parser.parse_args()
 

@@ -58,8 +58,8 @@ def when_ready(server: Any) -> None:
 @_never_raises
 def pre_fork(server: Any, worker: Any) -> None:
     master.install(server.cfg, server.log, server)
-    master.coordinate(server)
     master.claim_slot(worker, server.log)
+    master.coordinate(server)  # last: if it fails, workers still get slots and retire on their own
 
 
 @_never_raises

@@ -99,8 +99,15 @@ def test_a_fast_leak_is_stopped_at_the_hard_limit_while_waiting_for_its_replacem
 
 
 def _settle(server: Gunicorn, count: int) -> None:
-    """Wait until exactly ``count`` workers run, then check it holds for 2 s."""
-    poll(lambda: len(server.worker_pids()) == count, 30, what=f"{count} workers")
+    """Wait until every retirement has ended and exactly ``count`` workers run; check it holds for 2 s."""
+
+    def settled() -> bool:
+        log = server.log()
+        retiring = set(re.findall(r"retiring worker pid=(\d+)", log))
+        ended = set(re.findall(r"worker pid=(\d+) (?:exited|ended|was made)", log))
+        return retiring <= ended and len(server.worker_pids()) == count
+
+    poll(settled, 30, what=f"retirements to end and {count} workers")
     end = time.monotonic() + 2
     while time.monotonic() < end:
         assert len(server.worker_pids()) == count, f"{len(server.worker_pids())} workers, expected {count}"

@@ -146,7 +146,7 @@ def timed_load(server: Gunicorn, path: str, seconds: float, rate: float, concurr
     return Timed(latencies, failed)
 
 
-def idle_uss(boot: float) -> int:
+def idle_uss() -> int:
     with TemporaryDirectory() as tmp, Gunicorn(["apps.slowboot:app"], {"SLOWBOOT_SECONDS": "0"},
                                                Path(tmp) / "g.log", workers=1) as server:
         server.wait_ready()
@@ -184,7 +184,7 @@ def main() -> None:
 
     leak = f"/leak?kib={opts.kib}&s=0.01"
     per_life = opts.headroom * 1024 // opts.kib  # requests a worker serves before it reaches its limit
-    limit = idle_uss(opts.boot) + opts.headroom * MiB
+    limit = idle_uss() + opts.headroom * MiB
     memguard = {"MEMGUARD_MAX_MEMORY": f"{limit}B", "MEMGUARD_MIN_LIFETIME": "0s",
                 "MEMGUARD_CHECK_INTERVAL": "200ms"}
     rows = [

@@ -15,6 +15,10 @@ memguard_check_interval = "1s"  # timer sampling, on top of a check after every 
 memguard_dry_run = False  # True: judge and report "would retire", retire nothing (tune limits first)
 # memguard_event_log = "/var/log/memguard.jsonl"  # one JSON object per event
 # memguard_prometheus_port = 9300  # metrics at http://127.0.0.1:9300/metrics (extra "prometheus")
+# coordination in the master
+memguard_max_concurrent_retirements = 1  # workers retired/replaced at once, furthest over first
+memguard_spawn_first = True  # a soft retiree's replacement loads its app before it stops accepting
+# memguard_max_total_memory = "80%"  # server-wide PSS budget (a size or % of the container)
 
 # -- gunicorn, as usual ----------------------------------------------------------------------
 workers = 4

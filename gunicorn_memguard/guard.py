@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -19,7 +20,7 @@ from typing import Any, Callable
 from . import breaker, native
 from .budget import PAUSE_BASELINE, PAUSE_NONE, SharedBudget
 from .events import retirement_line
-from .policy import KEEP, Growth, Sample, Verdict, build_policy
+from .policy import KEEP, Action, Growth, Sample, Verdict, build_policy
 from .probes.memory import MemoryProbe, ProbeError
 from .reclaim import Reclaimer
 from .retire import Retire
@@ -35,6 +36,8 @@ EXACT_READ_MIN_GAP = 1.0
 DRAIN_MARGIN = 1.0
 # Exit code of a worker whose drain overran: not 3 or 4, which make gunicorn's master halt.
 DRAIN_OVERRUN_EXIT = 1
+# While waiting for the master's go-ahead, how often the sampler looks for it (an 8-byte read).
+GRANT_POLL = 0.05
 
 StartThread = Callable[[Callable[[], None]], None]
 
@@ -64,6 +67,7 @@ class Guard:
         start_thread: StartThread = start_os_thread,
         telemetry: Telemetry | None = None,
         budget: SharedBudget | None = None,
+        coordinated: bool = False,
     ) -> None:
         self.worker = worker
         self.settings = settings
@@ -110,21 +114,31 @@ class Guard:
         self.telemetry = telemetry
         self._last_report = -float("inf")
         self._dry_reasons: set[str] = set()  # dry run: reasons already reported
+        self._next_sample = 0.0
+        # With a coordinator in the master, a soft retirement waits its turn (serving meanwhile).
+        self.coordinated = coordinated and self.slot is not None
+        self.waiting: Verdict | None = None
         if self.slot is not None:
             self.scoreboard.start(self.slot, self.pid, self.born_wall, self.limit or 0)
+        if self.coordinated:
+            self._wake_master()  # a replacement the master waits for is ready now
         start_thread(self._run_sampler)
 
     # -- feeding ------------------------------------------------------------------------
     def after_request(self) -> None:
         """The request-boundary check: one RSS read unless a limit is in reach."""
         if self.retiring is None and not self._broken:
+            if self.waiting is not None:
+                self._take_grant()
             self._check(from_timer=False)
 
     def _run_sampler(self) -> None:
         self._check(from_timer=True)  # so the master knows a baseline even if the worker dies young
-        while not self._stop.wait(self.settings.check_interval):
+        while not self._stop.wait(GRANT_POLL if self.waiting and not self.retiring else self.settings.check_interval):
             if self.retiring is None:
-                if not self._broken:
+                if self.coordinated:
+                    self._take_grant()  # also a master's own call, e.g. the server-wide budget
+                if not self._broken and self.retiring is None and self._sample_due():
                     self._check(from_timer=True)
             elif self._drain_overran(margin=DRAIN_MARGIN):
                 self._overrun()
@@ -138,11 +152,14 @@ class Guard:
         except Exception as exc:  # noqa: BLE001 - a memguard bug must not take the worker down
             self._degrade(f"internal error {exc!r}")
             return
-        if verdict.retires:
-            if self.settings.dry_run:
-                self._dry_retirement(verdict)
-            else:
-                self._start_retirement(verdict)
+        if not verdict.retires:
+            return
+        if self.settings.dry_run:
+            self._dry_retirement(verdict)
+        elif verdict.action is Action.RETIRE and self.coordinated:
+            self._wait_turn(verdict)
+        else:
+            self._start_retirement(verdict)
 
     def _judge(self, from_timer: bool) -> Verdict:
         now = time.monotonic()
@@ -179,7 +196,8 @@ class Guard:
             )
             if reclaim:
                 self._reclaiming = True
-            elif verdict.retires and not self.settings.dry_run:
+            elif verdict.retires and not self.settings.dry_run and (
+                    verdict.action is Action.RETIRE_NOW or not self.coordinated):
                 self.retiring = verdict
                 self.retire_started = now
         return self._reclaim(verdict) if reclaim else verdict
@@ -259,9 +277,10 @@ class Guard:
                 self.log.info("%s; it keeps serving (next reclaim at most in %gs)", line, self.reclaimer.interval)
                 return KEEP
             self.log.info("%s; still over: retiring", line)
-            self.retiring = replace(again, detail=f"{again.detail}, after a reclaim ({freed})")
-            self.retire_started = now
-            return self.retiring
+            verdict = replace(again, detail=f"{again.detail}, after a reclaim ({freed})")
+            if verdict.action is Action.RETIRE_NOW or not self.coordinated:
+                self.retiring, self.retire_started = verdict, now
+            return verdict
 
     def _record(self, sample: Sample, rss: int) -> None:
         """Publish a timer sample to the scoreboard. Every report_interval, also read the metric
@@ -335,6 +354,54 @@ class Guard:
             self.retire()
         except Exception as exc:  # noqa: BLE001
             self.log.error("memguard: could not start a graceful stop of worker %s (%r); it keeps serving", self.pid, exc)
+
+    def _sample_due(self) -> bool:
+        """While waiting, the sampler wakes every GRANT_POLL but measures once per check_interval."""
+        now = time.monotonic()
+        if now < self._next_sample:
+            return False
+        self._next_sample = now + self.settings.check_interval
+        return True
+
+    def _wait_turn(self, verdict: Verdict) -> None:
+        """Over the soft limit: ask the master for a turn and keep serving until it grants one."""
+        with self._lock:
+            if self.retiring is not None:
+                return
+            first = self.waiting is None
+            self.waiting = verdict
+            # Only the first time, and not over a grant: the master owns the state from here on.
+            if first and self.scoreboard.state(self.slot) is not State.GRANTED:
+                self.scoreboard.waiting(self.slot, verdict.value, verdict.reason)
+        if first:
+            self.log.info(
+                "memguard: worker pid=%s is over its limit (%s); serving on until the master gives it a turn "
+                "to retire", self.pid, verdict.detail,
+            )
+            self._wake_master()
+
+    def _take_grant(self) -> None:
+        """Start the retirement the master granted, if it has."""
+        if self.scoreboard.state(self.slot) is not State.GRANTED:
+            return
+        with self._lock:
+            if self.retiring is not None:
+                return
+            view = self.scoreboard.read(self.slot)
+            verdict = self.waiting or Verdict(
+                Action.RETIRE, view.reason, f"the master's call, {self.settings.metric} {format_size(view.value)}",
+                view.value, self.limit or 0,
+            )
+            self.retiring, self.retire_started = verdict, time.monotonic()
+        self._start_retirement(verdict)
+
+    def _wake_master(self) -> None:
+        """SIGCHLD makes gunicorn's arbiter run a pass of its loop now instead of within 1 s."""
+        try:
+            if os.getppid() == self.worker.ppid:
+                os.kill(self.worker.ppid, signal.SIGCHLD)
+        except (OSError, AttributeError):
+            pass
 
     def _overrun(self) -> None:
         self.log.error(

@@ -56,6 +56,7 @@ def when_ready(server: Any) -> None:
     if settings.enabled:
         master.watch_deaths(server)
         master.serve_metrics(settings, server.log)
+        master.coordinate(server)
 
 
 @_never_raises
@@ -63,6 +64,7 @@ def pre_fork(server: Any, worker: Any) -> None:
     master.install(server.cfg, server.log, server)
     master.rebudget(server)
     master.claim_slot(worker, server.log)
+    master.coordinate(server)  # last: if it fails, workers still get slots and retire on their own
 
 
 @_never_raises
@@ -88,6 +90,7 @@ def post_worker_init(worker: Any) -> None:
         getattr(worker, "memguard_start_thread", start_os_thread),
         telemetry=Telemetry(master.STATE.events, worker.log, worker.cfg),
         budget=master.STATE.budget,
+        coordinated=master.STATE.coordinated,
     )
 
 

@@ -19,19 +19,20 @@ import psutil
 
 from .breaker import BASELINE_RATIO, RetirementRate
 from .budget import PAUSE_RATE, SharedBudget, resolve
+from .coordinator import Coordinator
 from .eventlog import EventLog
 from .events import Death, exit_report, signal_name
 from .probes.cgroup import (
     ContainerMemory, MemoryCgroup, find_memory_cgroup, read_container_memory, read_oom_kill_count,
 )
-from .scoreboard import Scoreboard
+from .scoreboard import SLOT_ATTR, Scoreboard
 from .settings import Settings, SettingsError, load_settings
 from .tally import Tally
 from .telemetry import Telemetry
 from .units import Share, format_count_rate, format_duration, format_rate, format_size, format_size_or_share
 
-SLOT_ATTR = "memguard_slot"
 _NO_CONTAINER = ContainerMemory(limit=None, mem_total=0, cgroup=None)  # only byte limits: never read
+COORDINATOR_ATTR = "memguard_coordinator"
 
 
 class MasterState:
@@ -52,6 +53,8 @@ class MasterState:
         self.master_rss = 0
         self.workers = 0  # the worker count the budget was last resolved for
         self.rate: RetirementRate | None = None
+        # coordination
+        self.coordinated = False  # a coordinator runs in the master: soft retirements wait their turn
 
 
 STATE = MasterState()
@@ -226,10 +229,12 @@ def rebudget(server: Any) -> None:
     """Resolve per-worker limits before the first fork and whenever the worker count changed
     (TTIN/TTOU); live workers pick the new values up from the shared budget."""
     settings, budget = STATE.settings, STATE.budget
-    if settings is None or budget is None or server.num_workers == STATE.workers:
+    coordinator = getattr(server, COORDINATOR_ATTR, None)  # a spawn-first raise is not a new worker count
+    workers = coordinator.wanted() if coordinator is not None else server.num_workers
+    if settings is None or budget is None or workers == STATE.workers:
         return
     first = STATE.workers == 0
-    STATE.workers = server.num_workers
+    STATE.workers = workers
     if STATE.container is None and any(isinstance(x, Share) for x in (settings.max_memory, settings.hard_max_memory)):
         STATE.container = read_container_memory()
         STATE.master_rss = psutil.Process().memory_info().rss  # after preload_app, before the first fork
@@ -243,6 +248,17 @@ def rebudget(server: Any) -> None:
                 "memguard: the hard limit (%s) resolved below the soft limit (%s): workers will be retired at "
                 "once at the hard limit, never gracefully", format_size(resolved.hard), format_size(resolved.soft),
             )
+
+
+def coordinate(server: Any) -> None:
+    """Attach the retirement coordinator to the arbiter once (idempotent; from ``when_ready`` for
+    the hook module and from ``pre_fork`` for both adoption paths, which runs before every fork)."""
+    if STATE.scoreboard is None or STATE.settings is None or getattr(server, COORDINATOR_ATTR, None) is not None:
+        return
+    coordinator = Coordinator(server, STATE.settings, STATE.scoreboard, server.log)
+    coordinator.attach()
+    setattr(server, COORDINATOR_ATTR, coordinator)
+    STATE.coordinated = True
 
 
 def claim_slot(worker: Any, log: Any) -> None:

@@ -40,7 +40,7 @@ from .settings import Settings
 from .tally import Tally
 
 REQUEST_TIMEOUT = 2.0  # seconds a scrape may take on the socket before it is dropped
-_LIVE = (State.RUNNING, State.RETIRING)
+_LIVE = (State.RUNNING, State.WAITING, State.GRANTED, State.RETIRING)
 
 
 class ScoreboardCollector:

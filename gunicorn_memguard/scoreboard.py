@@ -19,6 +19,7 @@ from typing import Iterable
 from .policy import REASONS
 
 DEFAULT_SLOTS = 512
+SLOT_ATTR = "memguard_slot"  # the attribute of gunicorn's worker object holding its slot index
 
 
 class State(enum.IntEnum):
@@ -28,6 +29,8 @@ class State(enum.IntEnum):
     RETIRING = 3
     EXITED = 4  # left through gunicorn's normal exit path (worker_exit ran)
     OVERRAN = 5  # memguard ended it: its drain outlived graceful_timeout
+    WAITING = 6  # over its soft limit, serving on until the master grants it a retirement
+    GRANTED = 7  # the master's go-ahead: retire now (the worker moves on to RETIRING)
 
 
 # pid, state, born, updated, value, rss, limit, requests, retire_started, reason, would_retire, exact, exact_at,
@@ -89,6 +92,11 @@ class Scoreboard:
                 return index
         return None
 
+    def grant(self, index: int, reason: str) -> None:
+        """Tell a worker to retire; it picks this up within 50 ms (waiting) or one check_interval."""
+        self._reason(index, reason)
+        self.set_state(index, State.GRANTED)
+
     def release(self, index: int) -> None:
         self.set_state(index, State.FREE)
 
@@ -120,9 +128,14 @@ class Scoreboard:
         _Q.pack_into(self._map, base + _OFFSETS["rss"], rss)
         _Q.pack_into(self._map, base + _OFFSETS["requests"], requests)
 
+    def waiting(self, index: int, value: int, reason: str) -> None:
+        self._reason(index, reason)
+        _Q.pack_into(self._map, self._base(index) + _OFFSETS["value"], value)
+        self.set_state(index, State.WAITING)
+
     def retiring(self, index: int, now: float, reason: str) -> None:
         base = self._base(index)
-        struct.pack_into("<24s", self._map, base + _OFFSETS["reason"], reason.encode("ascii", "replace")[:24])
+        self._reason(index, reason)
         _D.pack_into(self._map, base + _OFFSETS["retire_started"], now)
         _Q.pack_into(self._map, base + _OFFSETS["state"], State.RETIRING)
 
@@ -147,5 +160,12 @@ class Scoreboard:
         """A re-resolved soft limit (percentage limits after the worker count changed)."""
         _Q.pack_into(self._map, self._base(index) + _OFFSETS["limit"], limit)
 
+    # -- either side ------------------------------------------------------------------
+    def state(self, index: int) -> State:
+        return State(_Q.unpack_from(self._map, self._base(index) + _OFFSETS["state"])[0])
+
     def set_state(self, index: int, state: State) -> None:
         _Q.pack_into(self._map, self._base(index) + _OFFSETS["state"], state)
+
+    def _reason(self, index: int, reason: str) -> None:
+        struct.pack_into("<24s", self._map, self._base(index) + _OFFSETS["reason"], reason.encode("ascii", "replace")[:24])

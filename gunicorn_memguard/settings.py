@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from .units import (
     BOOL_FORM,
@@ -18,17 +18,20 @@ from .units import (
     DURATION_FORM,
     PERCENT_FORM,
     RATE_FORM,
+    SIZE_FORM,
     SIZE_OR_SHARE_FORM,
     Share,
     format_count_rate,
     format_duration,
     format_rate,
+    format_size,
     format_size_or_share,
     parse_bool,
     parse_count_rate,
     parse_duration,
     parse_percent,
     parse_rate,
+    parse_size,
     parse_size_or_share,
 )
 
@@ -89,6 +92,36 @@ def _parse_path(value: object) -> str:
 
 def _show_optional(value: object) -> str:
     return "unset" if value is None else str(value)
+def _parse_budget(value: object) -> int:
+    count = int(str(value).strip()) if str(value).strip().isdigit() else 0
+    if count < 1:
+        raise ValueError("expected a whole number of workers, at least 1 (e.g. 1)")
+    return count
+
+
+class TotalMemory(NamedTuple):
+    """A server-wide budget: a size in bytes, or a share of the container's memory."""
+
+    size: int | None = None
+    share: float | None = None
+
+    def resolve(self, container: int) -> int:
+        return self.size if self.size is not None else int(container * (self.share or 0.0))
+
+    def __str__(self) -> str:
+        return format_size(self.size) if self.size is not None else f"{(self.share or 0.0) * 100:g}% of the container"
+
+
+def _parse_total_memory(value: object) -> TotalMemory:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        share = parse_percent(value)
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"a share of the container must be above 0% and at most 100%; expected {SIZE_FORM} or {PERCENT_FORM}")
+        return TotalMemory(share=share)
+    try:
+        return TotalMemory(size=parse_size(value))
+    except ValueError as exc:
+        raise ValueError(f"{exc}; or {PERCENT_FORM} of the container") from None
 
 
 @dataclass(frozen=True)
@@ -140,6 +173,10 @@ SPECS: dict[str, Spec] = {
     "max_retirements": Spec(
         parse_count_rate, COUNT_RATE_FORM, format_count_rate, "per worker; above it soft-limit recycling pauses"
     ),
+    # -- coordination in the master (one block)
+    "max_concurrent_retirements": Spec(_parse_budget, "a whole number, at least 1", str, "workers retired/replaced at once"),
+    "spawn_first": Spec(parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "start a replacement before a soft retirement"),
+    "max_total_memory": Spec(_parse_total_memory, f"{SIZE_FORM}, or {PERCENT_FORM} of the container", lambda v: "unset" if v is None else str(v), "server-wide PSS budget over all workers"),
 }
 
 
@@ -166,6 +203,9 @@ class Settings:
     reclaim: bool = True
     reclaim_interval: float = 60.0
     max_retirements: tuple[int, float] | None = (10, 3600.0)
+    max_concurrent_retirements: int = 1
+    spawn_first: bool = True
+    max_total_memory: TotalMemory | None = None
     # Where each value came from ("default", "env MEMGUARD_X", "config memguard_x"), for `check`.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 

@@ -82,3 +82,19 @@ class MemoryProbe:
         if self._statm is not None:
             fd, self._statm = self._statm, None
             os.close(fd)
+
+
+def process_pss(pid: int) -> int | None:
+    """Another process's PSS in bytes (the master reads its workers'), None if it is gone.
+
+    PSS splits each shared page between the processes that map it, so a sum over workers counts
+    the master's copy-on-write pages once, as the kernel charges them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            return _parse_rollup(fh.read().decode("ascii", "replace"))["pss"]
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        return int(psutil.Process(pid).memory_full_info().pss)
+    except (psutil.Error, AttributeError):
+        return None

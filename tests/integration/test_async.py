@@ -45,7 +45,10 @@ SLACK = 8 * MiB
 
 
 def guard_env(limit: int) -> dict[str, str]:
-    return {"MEMGUARD_MAX_MEMORY": f"{limit}B", "MEMGUARD_MIN_LIFETIME": "0s", "MEMGUARD_CHECK_INTERVAL": "200ms"}
+    # Each worker's own bound, retiring at once (as in test_core.py); spawn-first and the retirement
+    # budget, which serve on over the soft limit meanwhile, are tested in test_coordination.py.
+    return {"MEMGUARD_MAX_MEMORY": f"{limit}B", "MEMGUARD_MIN_LIFETIME": "0s", "MEMGUARD_CHECK_INTERVAL": "200ms",
+            "MEMGUARD_SPAWN_FIRST": "no", "MEMGUARD_MAX_CONCURRENT_RETIREMENTS": "8"}
 
 
 def hide_uvicorn_worker(tmp_path: Path) -> dict[str, str]:

@@ -36,6 +36,10 @@ def guard_env(limit: int, **extra: str) -> dict[str, str]:
         "MEMGUARD_MAX_MEMORY": f"{limit}B",
         "MEMGUARD_MIN_LIFETIME": "0s",
         "MEMGUARD_CHECK_INTERVAL": "200ms",
+        # The bounds below are each worker's own, retiring at once: spawn-first and a budget of
+        # one retirement at a time serve on meanwhile (tests/integration/test_coordination.py).
+        "MEMGUARD_SPAWN_FIRST": "no",
+        "MEMGUARD_MAX_CONCURRENT_RETIREMENTS": "8",
         **extra,
     }
 

@@ -41,7 +41,8 @@ def test_slow_leak_is_retired_for_growth_and_a_bounded_cache_never(worker, tmp_p
         caching.wait_ready()
         cache_pids = caching.worker_pids()
         started = time.monotonic()
-        (line,) = poll(lambda: leaking.log_lines("reason=growth_rate"), 40, what="a growth-rate retirement")[:1]
+        (line,) = poll(lambda: [x for x in leaking.log_lines("retiring worker") if "reason=growth_rate" in x], 40,
+                       what="a growth-rate retirement")[:1]
         caught_after = time.monotonic() - started
         rate = float(re.search(r"floor grew ([0-9.]+) GiB/h over the last 6s, > max 3.5 GiB/h", line).group(1))
         assert 7 <= rate <= 28, line  # the app leaks 4 MiB/s = 14.1 GiB/h; the limit is 1 MiB/s

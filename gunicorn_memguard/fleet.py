@@ -1,0 +1,46 @@
+"""Pure decisions the master takes over the whole fleet of workers: who retires next, whether a
+replacement fits, which worker a server-wide budget takes. No I/O, no gunicorn: the coordinator
+gathers the figures and acts on the answers.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple, Sequence
+
+
+class Candidate(NamedTuple):
+    """A worker waiting for its turn to retire, with the figures it reported."""
+
+    pid: int
+    value: int  # bytes of the enforced metric
+    limit: int  # the worker's effective soft limit, 0 if it has none
+
+
+def overage(candidate: Candidate) -> float:
+    """How far over its own limit a worker is, as a fraction of that limit (limits are jittered,
+    so raw bytes would favour the worker with the highest limit)."""
+    if candidate.limit <= 0:
+        return 0.0
+    return (candidate.value - candidate.limit) / candidate.limit
+
+
+def retirement_order(waiting: Sequence[Candidate]) -> list[Candidate]:
+    """The furthest over its limit goes first; ties by pid, so the order is stable."""
+    return sorted(waiting, key=lambda c: (-overage(c), c.pid))
+
+
+def free_turns(budget: int, busy: int) -> int:
+    """How many more retirements may start now."""
+    return max(0, budget - busy)
+
+
+def has_room(headroom: int | None, expected: int) -> bool:
+    """True if one more worker of ``expected`` bytes fits; an unknown headroom does not block."""
+    return headroom is None or headroom >= expected
+
+
+def largest_over_budget(sizes: Mapping[int, int], budget: int) -> int | None:
+    """The pid of the largest worker when the sum exceeds ``budget``, else None."""
+    if not sizes or sum(sizes.values()) <= budget:
+        return None
+    return max(sizes, key=lambda pid: (sizes[pid], -pid))

@@ -1,0 +1,213 @@
+"""Issue: coordinated recycling in the master — a retirement budget, spawn-first replacement, a
+server-wide budget, and gunicorn's own controls (TTIN/TTOU, HUP, worker deaths) still working.
+
+Real gunicorn on 127.0.0.1, real HTTP, observed from outside (PIDs, psutil memory, logs).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import threading
+import time
+
+import pytest
+
+from .conftest import MiB
+from bench.harness import Gunicorn, MemoryWatch, load, poll
+from bench.recycling import FleetWatch
+
+HOOKS = ["-c", "python:gunicorn_memguard.conf"]
+SLOWBOOT = "apps.slowboot:app"
+
+
+def guard_env(limit: int, boot: float, **extra: str) -> dict[str, str]:
+    return {
+        "MEMGUARD_MAX_MEMORY": f"{limit}B",
+        "MEMGUARD_MIN_LIFETIME": "0s",
+        "MEMGUARD_CHECK_INTERVAL": "200ms",
+        "SLOWBOOT_SECONDS": str(boot),
+        **extra,
+    }
+
+
+def granted_pids(server: Gunicorn) -> list[int]:
+    return [int(m) for m in re.findall(r"worker pid=(\d+) may retire", server.log())]
+
+
+def test_identically_leaking_workers_retire_within_the_budget(baseline_uss, tmp_path):
+    """Drain-first, budget 2, four workers leaking alike: never more than two drain at once, the
+    others say they wait, and nothing fails."""
+    env = guard_env(baseline_uss + 30 * MiB, 0.3, MEMGUARD_SPAWN_FIRST="no", MEMGUARD_MAX_CONCURRENT_RETIREMENTS="2",
+                    MEMGUARD_JITTER="0%")
+    with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=4) as server:
+        server.wait_ready()
+        watch = FleetWatch(server)
+        result = load(server, "/leak?kib=256&s=0.005", requests=2400, concurrency=8)
+        watch.stop()
+
+        assert result.failed == [], f"failed requests: {result.failed[:10]}"
+        assert len(server.log_lines("memguard: retiring worker")) >= 8
+        assert server.log_lines("serving on until the master gives it a turn")
+        assert 1 <= watch.max_draining <= 2, f"{watch.max_draining} workers drained at once"
+        print(f"budget 2: {len(watch.stopped)} retirements, at most {watch.max_draining} at once, {watch.samples} samples")
+
+
+# gthread on gunicorn < 24 drains from its loop's once-a-second tick, so it recycles more slowly.
+@pytest.mark.parametrize(("worker", "recycles"), [(["-k", "sync"], 10), (["-k", "gthread", "--threads", "2"], 6)],
+                         ids=["sync", "gthread"])
+def test_spawn_first_keeps_every_configured_worker_serving(worker, recycles, baseline_uss, tmp_path):
+    """Budget 1, spawn-first, an app that takes 0.5 s to import: over many recycles (ten for sync),
+    sampled every 20 ms, there are always four workers ready to serve and never two draining."""
+    env = guard_env(baseline_uss + 24 * MiB, 0.5)
+    with Gunicorn([*HOOKS, *worker, SLOWBOOT], env, tmp_path / "g.log", workers=4) as server:
+        server.wait_ready()
+        watch = FleetWatch(server)
+        poll(lambda: watch.min_serving <= 4, 10, what="all four workers serving")
+        result = load(server, "/leak?kib=256&s=0.01", requests=1600, concurrency=4, pace=80, timeout=60)
+        poll(lambda: len(watch.exiting) >= recycles, 15, what=f"{recycles} recycles")
+        watch.stop()
+
+        assert result.failed == [], f"failed requests: {result.failed[:10]}"
+        assert watch.min_serving >= 4, f"only {watch.min_serving} workers ready at one point"
+        assert watch.max_draining <= 1
+        assert len(server.log_lines("starting its replacement first")) >= recycles
+        assert len(server.log_lines("retires now")) >= recycles
+        print(f"spawn-first: {len(watch.exiting)} recycles, min ready {watch.min_serving}, {watch.samples} samples")
+
+
+def test_a_fast_leak_is_stopped_at_the_hard_limit_while_waiting_for_its_replacement(baseline_uss, tmp_path):
+    """16 MiB per request at full speed (hundreds of MB/s) while the replacement takes 2 s to boot:
+    the worker does not wait past its hard limit. The guard checks between requests and never cuts
+    one short, so the bound is the hard limit plus what one request allocates."""
+    hard, chunk = baseline_uss + 100 * MiB, 16 * MiB
+    env = guard_env(baseline_uss + 30 * MiB, 2, MEMGUARD_HARD_MAX_MEMORY=f"{hard}B")
+    with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=2) as server:
+        server.wait_ready()
+        watch = MemoryWatch(server, metric="uss")
+        result = load(server, f"/leak?kib={chunk // 1024}", requests=40, concurrency=2)
+        watch.stop()
+
+        assert result.failed == [], f"failed requests: {result.failed[:10]}"
+        assert server.log_lines("starting its replacement first")
+        (first, *_) = server.log_lines("reason=hard_limit")
+        age, uss = re.search(r"age=([\d.]+)s requests=\d+ uss=(\d+)", first).groups()
+        rate = (int(uss) - baseline_uss) / MiB / float(age)  # that worker's own growth, from its start
+        peak = max(watch.peak.values())
+        assert peak <= hard + chunk + 2 * MiB, f"peak {peak / MiB:.0f} MiB > hard limit {hard / MiB:.0f} MiB + one request"
+        print(f"fast leak {rate:.0f} MiB/s: peak uss {peak / MiB:.0f} MiB, hard limit {hard / MiB:.0f} MiB")
+
+
+def _settle(server: Gunicorn, count: int) -> None:
+    """Wait until every retirement has ended and exactly ``count`` workers run, then check that it
+    holds for 2 s; only a retirement that began meanwhile may change the count (and restarts this)."""
+
+    def settled() -> bool:
+        log = server.log()
+        retiring = set(re.findall(r"retiring worker pid=(\d+)", log))
+        ended = set(re.findall(r"worker pid=(\d+) (?:exited|ended|was made)", log))
+        return retiring <= ended and len(server.worker_pids()) == count
+
+    def activity() -> int:
+        return len(re.findall(r"memguard: .*retir", server.log()))
+
+    deadline = time.monotonic() + 60
+    while True:
+        poll(settled, 30, what=f"retirements to end and {count} workers")
+        seen, held = activity(), time.monotonic() + 2
+        while time.monotonic() < held and len(server.worker_pids()) == count:
+            time.sleep(0.05)
+        if time.monotonic() >= held:
+            return
+        assert activity() > seen, f"{len(server.worker_pids())} workers, expected {count}"
+        assert time.monotonic() < deadline, "retirements did not stop"
+
+
+def test_ttin_then_ttou_during_a_spawn_first_recycle_leave_the_configured_count(baseline_uss, tmp_path):
+    env = guard_env(baseline_uss + 20 * MiB, 1.5)
+    with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=2) as server:
+        server.wait_ready()
+        stop = threading.Event()
+        loader = threading.Thread(target=lambda: [server.get("/leak?kib=512") for _ in range(400) if not stop.is_set()])
+        loader.start()
+        poll(lambda: granted_pids(server), 30, what="a spawn-first recycle")
+        server.proc.send_signal(signal.SIGTTIN)
+        time.sleep(0.3)  # two separate signals: gunicorn handles them one loop pass apart
+        server.proc.send_signal(signal.SIGTTOU)
+        stop.set()
+        loader.join(60)
+        poll(lambda: server.log_lines("exited gracefully after retirement"), 30, what="the recycle to finish")
+        _settle(server, 2)
+
+
+def test_a_worker_killed_while_holding_a_turn_releases_it(baseline_uss, tmp_path):
+    env = guard_env(baseline_uss + 20 * MiB, 3)
+    with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=2) as server:
+        server.wait_ready()
+        for _ in range(60):  # 60 MiB over two workers: one passes its limit; its replacement takes 3 s to boot
+            server.get("/leak?kib=1024")
+        (victim,) = poll(lambda: granted_pids(server), 30, what="a spawn-first recycle")
+        os.kill(victim, signal.SIGKILL)
+        poll(lambda: server.log_lines(f"worker pid={victim} left before its turn came"), 10, what="the turn released")
+        _settle(server, 2)
+        # the budget is free: the next worker over its limit gets its turn
+        poll(lambda: (server.get("/leak?kib=2048"), len(granted_pids(server)) >= 2)[1], 60,
+             interval=0, what="a second retirement")
+
+
+def test_hup_during_a_spawn_first_recycle_leaves_the_configured_count(baseline_uss, tmp_path):
+    env = guard_env(baseline_uss + 20 * MiB, 1.5)
+    with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=2) as server:
+        server.wait_ready()
+        for _ in range(60):  # 60 MiB over two workers: one passes its limit
+            server.get("/leak?kib=1024")
+        poll(lambda: granted_pids(server), 30, what="a spawn-first recycle")
+        server.proc.send_signal(signal.SIGHUP)
+        poll(lambda: server.log_lines("Handling signal: hup"), 10, what="the reload")
+        _settle(server, 2)
+        assert server.get("/")[0] == 200
+
+
+def test_server_wide_budget_retires_the_largest_worker(baseline_uss, tmp_path):
+    """No per-worker limit; the sum of PSS over three workers must stay under a total: the worker
+    that took the most (counted from outside) goes first, drain-first, and one at a time."""
+    total = 3 * baseline_uss + 60 * MiB
+    env = {"MEMGUARD_MAX_TOTAL_MEMORY": f"{total}B", "MEMGUARD_CHECK_INTERVAL": "200ms", "SLOWBOOT_SECONDS": "0"}
+    with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=3) as server:
+        server.wait_ready()
+        watch = FleetWatch(server)
+        leaked: dict[int, int] = {}
+        while sum(leaked.values()) < 90 and not server.log_lines("total PSS"):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn.request("GET", "/leak?kib=6144")
+            resp = conn.getresponse()
+            resp.read()
+            pid = int(resp.getheader("X-Pid"))
+            leaked[pid] = leaked.get(pid, 0) + 6
+        lines = poll(lambda: server.log_lines("total PSS"), 10, what="the server-wide budget")
+        victim = int(re.search(r"largest, pid=(\d+)", lines[0]).group(1))
+        assert leaked[victim] == max(leaked.values()), f"retired {victim}, leaked per worker (MiB): {leaked}"
+        poll(lambda: server.log_lines(f"retiring worker pid={victim}"), 10, what="its retirement")
+        assert "reason=total_memory" in server.log_lines(f"retiring worker pid={victim}")[0]
+        poll(lambda: server.log_lines(f"worker pid={victim} exited gracefully"), 15, what="its exit")
+        _settle(server, 3)
+        watch.stop()
+        assert watch.max_draining <= 1, "one at a time"
+
+
+def test_without_room_for_a_replacement_the_worker_drains_first(baseline_uss, tmp_path):
+    """A server-wide budget that leaves less room than one more worker: spawn-first falls back to
+    drain-first and says so; nothing fails. (One worker, so the room left is known.)"""
+    limit = baseline_uss + 20 * MiB
+    env = guard_env(limit, 0, MEMGUARD_MAX_TOTAL_MEMORY=f"{limit + 8 * MiB}B")
+    with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=1) as server:
+        server.wait_ready()
+        result = load(server, "/leak?kib=1024", requests=40, concurrency=1)
+        assert result.failed == []
+        lines = poll(lambda: server.log_lines("no room for a replacement"), 10, what="the drain-first fallback")
+        pid = re.search(r"worker pid=(\d+) retires first", lines[0]).group(1)
+        poll(lambda: server.log_lines(f"worker pid={pid} exited gracefully"), 10, what="its exit")
+        assert not server.log_lines("starting its replacement first")
+        _settle(server, 1)

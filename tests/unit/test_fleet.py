@@ -1,0 +1,64 @@
+import pytest
+
+from gunicorn_memguard.fleet import Candidate, free_turns, has_room, largest_over_budget, retirement_order
+from gunicorn_memguard.settings import SettingsError, TotalMemory, load_settings
+
+MiB = 2**20
+
+
+def test_the_furthest_over_its_own_limit_goes_first():
+    # 10% over a low jittered limit beats 5% over a higher one, though it uses fewer bytes
+    low = Candidate(pid=3, value=110 * MiB, limit=100 * MiB)
+    high = Candidate(pid=2, value=115 * MiB, limit=110 * MiB)
+    tie = Candidate(pid=1, value=105 * MiB, limit=100 * MiB)
+    same = Candidate(pid=4, value=105 * MiB, limit=100 * MiB)
+    assert [c.pid for c in retirement_order([high, same, low, tie])] == [3, 1, 4, 2]
+
+
+def test_a_candidate_without_a_limit_goes_last():
+    assert retirement_order([Candidate(1, 10 * MiB, 0), Candidate(2, 11, 10)])[0].pid == 2
+
+
+def test_free_turns_never_negative():
+    assert free_turns(1, 0) == 1
+    assert free_turns(2, 1) == 1
+    assert free_turns(1, 3) == 0
+
+
+def test_room_for_a_replacement():
+    assert has_room(100 * MiB, 50 * MiB)
+    assert not has_room(40 * MiB, 50 * MiB)
+    assert not has_room(-5, 1)
+    assert has_room(None, 50 * MiB)
+
+
+def test_largest_over_budget():
+    sizes = {10: 30 * MiB, 11: 50 * MiB, 12: 50 * MiB}
+    assert largest_over_budget(sizes, 200 * MiB) is None
+    assert largest_over_budget(sizes, 130 * MiB) is None  # at the budget is not over it
+    assert largest_over_budget(sizes, 100 * MiB) == 11  # a tie goes to the older (lower) pid
+    assert largest_over_budget({}, 0) is None
+
+
+def test_coordination_settings():
+    settings = load_settings({"MEMGUARD_MAX_CONCURRENT_RETIREMENTS": "3", "MEMGUARD_SPAWN_FIRST": "off"},
+                             {"memguard_max_total_memory": "75%"})
+    assert settings.max_concurrent_retirements == 3 and settings.spawn_first is False
+    assert settings.max_total_memory == TotalMemory(share=0.75)
+    assert settings.max_total_memory.resolve(4 * 2**30) == 3 * 2**30
+    assert load_settings({"MEMGUARD_MAX_TOTAL_MEMORY": "2GiB"}, {}).max_total_memory.resolve(1) == 2 * 2**30
+    defaults = load_settings({}, {})
+    assert (defaults.max_concurrent_retirements, defaults.spawn_first, defaults.max_total_memory) == (1, True, None)
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("MEMGUARD_MAX_CONCURRENT_RETIREMENTS", "0", "at least 1"),
+    ("MEMGUARD_MAX_CONCURRENT_RETIREMENTS", "two", "whole number"),
+    ("MEMGUARD_MAX_TOTAL_MEMORY", "2048", "did you mean '2048MiB'"),
+    ("MEMGUARD_MAX_TOTAL_MEMORY", "120%", "at most 100%"),
+    ("MEMGUARD_SPAWN_FIRST", "maybe", "yes/no"),
+])
+def test_bad_coordination_settings_name_the_setting_and_the_form(name, value, message):
+    with pytest.raises(SettingsError) as caught:
+        load_settings({name: value}, {})
+    assert name in str(caught.value) and repr(value) in str(caught.value) and message in str(caught.value)

@@ -96,7 +96,9 @@ def test_a_fast_leak_is_stopped_at_the_hard_limit_while_waiting_for_its_replacem
         age, uss = re.search(r"age=([\d.]+)s requests=\d+ uss=(\d+)", first).groups()
         rate = (int(uss) - baseline_uss) / MiB / float(age)  # that worker's own growth, from its start
         peak = max(watch.peak.values())
-        assert peak <= hard + chunk + 2 * MiB, f"peak {peak / MiB:.0f} MiB > hard limit {hard / MiB:.0f} MiB + one request"
+        # + 6 MiB: a worker's first full garbage collection unshares the pages it inherited from the
+        # master (about 5 MiB of USS at once, README "Reclaim before retiring"), whenever it comes
+        assert peak <= hard + chunk + 6 * MiB, f"peak {peak / MiB:.0f} MiB > hard limit {hard / MiB:.0f} MiB + one request"
         print(f"fast leak {rate:.0f} MiB/s: peak uss {peak / MiB:.0f} MiB, hard limit {hard / MiB:.0f} MiB")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import http.client
 import io
 import os
 import re
@@ -61,7 +62,7 @@ WORKLOADS = {
     "cache": Workload("/cache", rate=400, seconds=20),
     "spike": Workload("/spike", rate=400, seconds=20),
     # 0.1 s per stream at 8/s keeps two sync workers busy 40% of the time, so one can retire
-    "stream": Workload("/stream?xm=512&cap=16384", rate=8, seconds=30, concurrency=4, streams=True),
+    "stream": Workload("/stream?xm=1024&cap=16384", rate=8, seconds=30, concurrency=4, streams=True),
 }
 
 
@@ -193,8 +194,6 @@ class GunicornServer(Server):
 
 
 def _get(port: int, path: str, timeout: float = 2.0) -> int | None:
-    import http.client
-
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path)
@@ -334,7 +333,6 @@ def load_hey(port: int, work: Workload, seconds: float) -> Requests:
 def load_python(port: int, work: Workload, seconds: float, expect: int | None = None) -> Requests:
     """Paced (or, with rate 0, closed-loop) clients without keep-alive, bounded by ``seconds``;
     a request counts as served only if its whole body arrived (``expect`` bytes when given)."""
-    import http.client
 
     result = Requests()
     lock = threading.Lock()
@@ -345,7 +343,7 @@ def load_python(port: int, work: Workload, seconds: float, expect: int | None = 
         i = 0
         while True:
             due = began + index * gap / work.concurrency + i * gap
-            if due - began >= seconds:
+            if max(due, time.monotonic()) - began >= seconds:  # closed loop (gap 0): ends on the clock
                 return
             time.sleep(max(0.0, due - time.monotonic()))
             start = time.monotonic()

@@ -51,6 +51,7 @@ class Workload:
     seconds: float
     concurrency: int = 8
     streams: bool = False  # verify each body arrived whole (Python client)
+    transient: bool = False  # peaks come from requests in flight: no soft limit can prevent them
 
 
 # Pareto sizes (shape 1.5) average 3 × xm: leak-low keeps ~12 KiB a request, so 1000 requests fill
@@ -60,7 +61,7 @@ WORKLOADS = {
     "leak-low": Workload("/leak?xm=4&cap=2048", rate=800, seconds=45),
     "leak-high": Workload("/leak?xm=64&cap=8192", rate=200, seconds=30),
     "cache": Workload("/cache", rate=400, seconds=20),
-    "spike": Workload("/spike", rate=400, seconds=20),
+    "spike": Workload("/spike", rate=400, seconds=20, transient=True),
     # 0.1 s per stream at 8/s keeps two sync workers busy 40% of the time, so one can retire
     "stream": Workload("/stream?xm=1024&cap=16384", rate=8, seconds=30, concurrency=4, streams=True),
 }
@@ -125,6 +126,7 @@ CONTENDERS = {
     "uwsgi": Contender(_uwsgi, classes=("sync",)),
     "granian": Contender(_granian, classes=("sync",)),
     "memguard": Contender(_gunicorn(HOOKS, MEMGUARD_ENV)),
+    # a variant is one more line: memguard with spawn-first is MEMGUARD_ENV plus its setting
 }
 
 
@@ -493,7 +495,7 @@ def misses(runs: list[Run]) -> list[str]:
             continue
         name = f"{r.workload}/{r.cls}"
         peak = r.peak / (r.ceiling * MiB)
-        if peak > 1.05:
+        if peak > 1.05 and not WORKLOADS[r.workload].transient:
             out.append(f"{name}: peak {peak:.2f} × ceiling > 1.05")
         if r.needed >= 0.5 and r.recycles / r.needed > 1.3:
             out.append(f"{name}: {r.recycles / r.needed:.2f} × the recycles needed > 1.3")
@@ -537,6 +539,7 @@ def plot(runs: list[Run], folder: Path) -> list[Path]:
             ax.axhline(r.ceiling, color="red", linestyle="--", linewidth=0.8)
             ax.set_title(f"{r.contender} / {r.cls}: {r.recycles} recycles", fontsize=9)
             ax.set_ylabel("RSS MiB", fontsize=8)
+            ax.set_xlabel("seconds", fontsize=8)
             ax.tick_params(labelsize=7)
         fig.suptitle(f"{workload}: RSS per worker (▼ retirement began, ✕ worker gone, dashed: ceiling)")
         fig.tight_layout()
@@ -656,8 +659,9 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 print(f"... {workload} / {cls} / {contender}", file=sys.stderr, flush=True)
                 runs.append(run_one(workload, cls, contender, a.ceiling, a.client, scale, logs))
-    report = [f"## Recycling (ceiling {a.ceiling} MiB RSS per worker, {WORKERS} workers)\n", run_table(runs)]
+    report = []
     if runs:
+        report += [f"## Recycling (ceiling {a.ceiling} MiB RSS per worker, {WORKERS} workers)\n", run_table(runs)]
         missed = misses(runs)
         gaps = [g for r in runs for g in r.timeline.gaps]
         report += [f"\nOutside memory samples every {SAMPLE_EVERY * 1000:.0f} ms: gap between two p99 "

@@ -56,7 +56,7 @@ class Workload:
 
 # Pareto sizes (shape 1.5) average 3 × xm: leak-low keeps ~12 KiB a request, so 1000 requests fill
 # ~1/9 of a 128 MiB worker's headroom (max-requests recycles ~9× too often); leak-high keeps
-# ~190 KiB, so 1000 requests fill ~2 headrooms (max-requests recycles too late).
+# ~180 KiB, so 1000 requests fill ~1.7 headrooms (max-requests recycles too late).
 WORKLOADS = {
     "leak-low": Workload("/leak?xm=4&cap=2048", rate=800, seconds=45),
     "leak-high": Workload("/leak?xm=64&cap=8192", rate=200, seconds=30),

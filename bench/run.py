@@ -624,18 +624,20 @@ def _names(value: str, known: dict[str, object], what: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="runs a third as long, 2 overhead repetitions")
-    p.add_argument("--workloads", default=",".join(WORKLOADS))
-    p.add_argument("--classes", default=",".join(CLASSES))
-    p.add_argument("--contenders", default=",".join(CONTENDERS))
+    p.add_argument("--workloads", default=",".join(WORKLOADS),
+                   help=f"comma-separated, from {', '.join(WORKLOADS)} (empty: overhead only)")
+    p.add_argument("--classes", default=",".join(CLASSES), help=f"comma-separated, from {', '.join(CLASSES)}")
+    p.add_argument("--contenders", default=",".join(CONTENDERS),
+                   help=f"comma-separated, from {', '.join(CONTENDERS)}")
     p.add_argument("--ceiling", type=int, default=128, help="MiB of RSS per worker (default 128)")
     p.add_argument("--scale", type=float, help="multiply every run's duration (overrides --quick's)")
     p.add_argument("--reps", type=int, help="overhead repetitions per class (default 5, --quick 2)")
-    p.add_argument("--overhead-seconds", type=float, default=5.0)
+    p.add_argument("--overhead-seconds", type=float, default=5.0, help="length of one overhead run")
     p.add_argument("--client", choices=("hey", "python"), default="hey",
                    help="load generator for non-streaming runs; python needs no Debian package")
-    p.add_argument("--no-overhead", action="store_true")
-    p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--no-overhead", action="store_true", help="skip the hello-world comparison")
+    p.add_argument("--no-plot", action="store_true", help="no PNG timelines (no matplotlib needed)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for results.md, the PNGs and the server logs")
     a = p.parse_args(argv)
     workloads = _names(a.workloads, WORKLOADS, "workloads")
     classes = _names(a.classes, CLASSES, "classes")

@@ -468,14 +468,15 @@ def _ms(value: float) -> str:
 
 
 def run_table(runs: list[Run]) -> str:
-    lines = ["| workload | class | contender | leaked MiB | recycles | ÷ needed | peak ÷ ceiling | failed | min serving "
-             "| p50 ms | p99 ms | p99 steady ms | p99 in recycles ms | req/s |",
+    lines = ["| workload | class | contender | leaked MiB | recycles | ÷ needed | peak ÷ ceiling | failed "
+             "| min serving | p50 ms | p99 ms | p99 steady ms | p99 in recycles ms | req/s |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         steady, busy = r.latencies(False), r.latencies(True)
         everything = steady + busy
         lines.append(
-            f"| {r.workload} | {r.cls} | {r.contender} | {r.leaked / MiB:.0f} | {r.recycles} | {_ratio(r.recycles, r.needed)} "
+            f"| {r.workload} | {r.cls} | {r.contender} | {r.leaked / MiB:.0f} | {r.recycles} "
+            f"| {_ratio(r.recycles, r.needed)} "
             f"| {r.peak / (r.ceiling * MiB):.2f} | {r.requests.failed} | {r.min_serving} "
             f"| {_ms(_pct(everything, 0.5))} | {_ms(_pct(everything, 0.99))} | {_ms(_pct(steady, 0.99))} "
             f"| {_ms(_pct(busy, 0.99))} | {len(everything) / max(r.requests.wall, 1e-9):.0f} |")

@@ -73,10 +73,19 @@ class Gunicorn:
         return psutil.Process(self.proc.pid)
 
     def worker_pids(self) -> set[int]:
+        """Live workers; one that exits while they are listed is left out, not the whole set."""
         try:
-            return {c.pid for c in self.master.children() if c.status() != psutil.STATUS_ZOMBIE}
+            children = self.master.children()
         except psutil.NoSuchProcess:
             return set()
+        pids = set()
+        for child in children:
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    pids.add(child.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return pids
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -70,17 +70,16 @@ WORKLOADS = {
 @dataclass(frozen=True)
 class WorkerClass:
     stock: tuple[str, ...]  # gunicorn arguments for the stock class
-    memguard: tuple[str, ...]  # the same class under memguard, for the overhead part
+    memguard: tuple[str, ...]  # memguard's worker class of the same kind (the memguard rows and the overhead part)
     app: str = "bench.apps:wsgi"
 
 
-HOOKS = ("-c", "python:gunicorn_memguard.conf")
 CLASSES = {
     "sync": WorkerClass(("-k", "sync"), ("-k", "gunicorn_memguard.workers.SyncWorker")),
     "gthread": WorkerClass(("-k", "gthread", "--threads", "4"),
                            ("-k", "gunicorn_memguard.workers.ThreadWorker", "--threads", "4")),
-    "gevent": WorkerClass(("-k", "gevent"), (*HOOKS, "-k", "gevent")),
-    "uvicorn": WorkerClass(("-k", "uvicorn_worker.UvicornWorker"), (*HOOKS, "-k", "uvicorn_worker.UvicornWorker"),
+    "gevent": WorkerClass(("-k", "gevent"), ("-k", "gunicorn_memguard.workers.GeventWorker")),
+    "uvicorn": WorkerClass(("-k", "uvicorn_worker.UvicornWorker"), ("-k", "gunicorn_memguard.workers.UvicornWorker"),
                            app="bench.apps:asgi"),
 }
 
@@ -93,10 +92,12 @@ class Contender:
     classes: tuple[str, ...] = tuple(CLASSES)  # which worker classes it can serve
 
 
-def _gunicorn(extra: tuple[str, ...], env: dict[str, str] | None = None) -> Callable[..., "Server"]:
+def _gunicorn(extra: tuple[str, ...], env: dict[str, str] | None = None, memguard: bool = False
+              ) -> Callable[..., "Server"]:
     def start(cls: WorkerClass, ceiling: int, run_env: dict[str, str], log: Path) -> Server:
         full_env = {**run_env, **{k: v.format(ceiling=ceiling) for k, v in (env or {}).items()}}
-        return GunicornServer(Gunicorn([*extra, *cls.stock, cls.app], full_env, log, workers=WORKERS, cwd=ROOT))
+        worker = cls.memguard if memguard else cls.stock
+        return GunicornServer(Gunicorn([*extra, *worker, cls.app], full_env, log, workers=WORKERS, cwd=ROOT))
     return start
 
 
@@ -125,8 +126,8 @@ CONTENDERS = {
     "max-requests": Contender(_gunicorn(("--max-requests", "1000", "--max-requests-jitter", "100"))),
     "uwsgi": Contender(_uwsgi, classes=("sync",)),
     "granian": Contender(_granian, classes=("sync",)),
-    "memguard": Contender(_gunicorn(HOOKS, MEMGUARD_ENV)),
-    # a variant is one more line: memguard with spawn-first is MEMGUARD_ENV plus its setting
+    "memguard": Contender(_gunicorn((), MEMGUARD_ENV, memguard=True)),  # spawn-first, one retirement at a time
+    "memguard-drain-first": Contender(_gunicorn((), {**MEMGUARD_ENV, "MEMGUARD_SPAWN_FIRST": "no"}, memguard=True)),
 }
 
 

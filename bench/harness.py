@@ -76,15 +76,15 @@ class Gunicorn:
         """Live workers; one that exits while they are listed is left out, not the whole set."""
         try:
             children = self.master.children()
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             return set()
         pids = set()
         for child in children:
             try:
                 if child.status() != psutil.STATUS_ZOMBIE:
                     pids.add(child.pid)
-            except psutil.NoSuchProcess:
-                pass
+            except psutil.Error:
+                continue
         return pids
 
     def log(self) -> str:

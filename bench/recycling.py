@@ -66,24 +66,9 @@ class FleetWatch:
         for pattern, bucket in ((READY, self.ready), (STOPPED, self.stopped), (EXITING, self.exiting)):
             bucket.update(int(pid) for pid in pattern.findall(chunk))
 
-    def _worker_pids(self) -> set[int]:
-        """Live worker PIDs; a worker exiting while it is listed is skipped, not taken to mean none."""
-        try:
-            children = self.server.master.children()
-        except psutil.Error:
-            return set()
-        pids = set()
-        for child in children:
-            try:
-                if child.status() != psutil.STATUS_ZOMBIE:
-                    pids.add(child.pid)
-            except psutil.Error:
-                continue
-        return pids
-
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            pids = self._worker_pids()
+            pids = self.server.worker_pids()
             self._read_log()
             serving = len((pids & self.ready) - self.stopped - self.exiting)
             draining = len((pids & self.stopped) - self.exiting)

@@ -436,6 +436,7 @@ class Guard:
                 time.monotonic() - self.retire_started,
             )
         if self.slot is not None:
+            self.scoreboard.set_requests(self.slot, self.requests)  # the exit line's count, not the last sample's
             self.scoreboard.set_state(self.slot, State.OVERRAN if overran else State.EXITED)
 
     def _drain_overran(self, margin: float) -> bool:

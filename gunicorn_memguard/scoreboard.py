@@ -139,6 +139,9 @@ class Scoreboard:
         _D.pack_into(self._map, base + _OFFSETS["retire_started"], now)
         _Q.pack_into(self._map, base + _OFFSETS["state"], State.RETIRING)
 
+    def set_requests(self, index: int, requests: int) -> None:
+        _Q.pack_into(self._map, self._base(index) + _OFFSETS["requests"], requests)
+
     def exact(self, index: int, now: float, value: int) -> None:
         base = self._base(index)
         _Q.pack_into(self._map, base + _OFFSETS["exact"], value)

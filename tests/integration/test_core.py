@@ -68,6 +68,12 @@ def test_leaking_workers_are_retired_gracefully_within_the_limit(mode, baseline_
         # every retired worker exits gracefully, and the master says so
         poll(lambda: len(server.log_lines("exited gracefully after retirement")) >= len(retirements) - 2,
              timeout=20, what="graceful exits")
+        # ... counting every request it served, not only those up to its last timer sample
+        retired_at = {pid: int(n) for pid, n in (re.search(r"pid=(\d+) age=\S+ requests=(\d+)", x).groups()
+                                                 for x in retirements)}
+        for line in server.log_lines("exited gracefully after retirement"):
+            pid, served = re.search(r"pid=(\d+) .* requests=(\d+)", line).groups()
+            assert int(served) >= retired_at[pid], (line, retired_at[pid])
         print(f"{mode}: {len(retirements)} retirements, peak uss {peak / MiB:.1f} MiB, "
               f"limit {limit / MiB:.1f} MiB, {watch.samples} samples")
 

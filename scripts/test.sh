@@ -19,21 +19,9 @@ venv .venv "$NEWEST"
 echo "== gunicorn $NEWEST: all tests"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 
-# The older versions' runs go side by side: integration tests mostly wait on real servers (the
-# suite uses a fraction of a core), and each test has its own ports and temporary folders.
-logs=$(mktemp -d)
-trap 'rm -rf "$logs"' EXIT
-pids=()
 for version in "${OLDER[@]}"; do
   dir=".venv-gunicorn-${version%%.*}"
   venv "$dir" "$version"
-  "$dir/bin/python" -m pytest -q -p no:cacheprovider -m integration "$@" >"$logs/$version" 2>&1 &
-  pids+=($!)
+  echo "== gunicorn $version: integration tests"
+  "$dir/bin/python" -m pytest -q -p no:cacheprovider -m integration "$@"
 done
-status=0
-for i in "${!OLDER[@]}"; do
-  wait "${pids[$i]}" || status=1
-  echo "== gunicorn ${OLDER[$i]}: integration tests"
-  cat "$logs/${OLDER[$i]}"
-done
-exit $status

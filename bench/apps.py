@@ -23,7 +23,8 @@ import asyncio
 import os
 import random
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import parse_qs
 
 KiB = 1024
@@ -49,8 +50,11 @@ def _record(nbytes: int) -> None:
     pid = os.getpid()
     if _ledger["pid"] != pid:
         folder = os.environ.get("BENCH_LEAK_DIR")
-        _ledger.update(pid=pid, bytes=0,
-                       fd=os.open(os.path.join(folder, str(pid)), os.O_WRONLY | os.O_CREAT, 0o644) if folder else -1)
+        _ledger.update(
+            pid=pid,
+            bytes=0,
+            fd=os.open(os.path.join(folder, str(pid)), os.O_WRONLY | os.O_CREAT, 0o644) if folder else -1,
+        )
     _ledger["bytes"] += nbytes
     if _ledger["fd"] >= 0:
         os.pwrite(_ledger["fd"], b"%20d" % _ledger["bytes"], 0)
@@ -95,8 +99,7 @@ def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterato
             time.sleep(SPIKE_HOLD)
             del block
     if path == "/stream":
-        start_response("200 OK", [("Content-Type", "application/octet-stream"),
-                                  ("Content-Length", str(STREAM_LENGTH))])
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(STREAM_LENGTH))])
         return _chunks()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [b"ok"]
@@ -126,8 +129,13 @@ async def asgi(scope: dict[str, Any], receive: Callable[..., Any], send: Callabl
             del block
     stream = path == "/stream"
     length = STREAM_LENGTH if stream else 2
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(length).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(length).encode())],
+        }
+    )
     if not stream:
         await send({"type": "http.response.body", "body": b"ok"})
         return

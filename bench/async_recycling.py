@@ -22,8 +22,12 @@ ROWS = [
     ("gevent --max-requests 200", ["-k", "gevent", "--max-requests", "200"], "apps.streams:app", False),
     ("gevent + hook module", [*HOOKS, "-k", "gevent"], "apps.streams:app", True),
     ("memguard GeventWorker", ["-k", "gunicorn_memguard.workers.GeventWorker"], "apps.streams:app", True),
-    ("uvicorn_worker --max-requests 200", ["-k", "uvicorn_worker.UvicornWorker", "--max-requests", "200"],
-     "apps.asgi:app", False),
+    (
+        "uvicorn_worker --max-requests 200",
+        ["-k", "uvicorn_worker.UvicornWorker", "--max-requests", "200"],
+        "apps.asgi:app",
+        False,
+    ),
     ("memguard UvicornWorker", ["-k", "gunicorn_memguard.workers.UvicornWorker"], "apps.asgi:app", True),
 ]
 

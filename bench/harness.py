@@ -13,10 +13,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import TypeVar
 
 import psutil
 
@@ -29,6 +30,8 @@ def _control_socket_off() -> list[str]:
     from gunicorn.config import KNOWN_SETTINGS
 
     return ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
+
+
 T = TypeVar("T")
 
 
@@ -54,16 +57,35 @@ class Gunicorn:
     """One gunicorn master, started with ``args`` from ``cwd`` (by default the tests folder, so
     ``apps.x:app`` loads), with every ``MEMGUARD_*`` variable of this process removed."""
 
-    def __init__(self, args: Iterable[str], env: dict[str, str] | None = None, log_path: Path | None = None,
-                 workers: int = 2, cwd: Path = TESTS) -> None:
+    def __init__(
+        self,
+        args: Iterable[str],
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        workers: int = 2,
+        cwd: Path = TESTS,
+    ) -> None:
         self.port = free_port()
         self.nworkers = workers
         self.log_path = log_path or Path(os.environ.get("TMPDIR", "/tmp")) / f"gunicorn-{self.port}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("MEMGUARD_")}
         full_env.update(env or {})
         full_env["PYTHONPATH"] = str(cwd) + os.pathsep + full_env.get("PYTHONPATH", "")
-        self.args = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{self.port}", "-w", str(workers),
-                     "--log-level", "info", "--graceful-timeout", "10", *_control_socket_off(), *args]
+        self.args = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-b",
+            f"127.0.0.1:{self.port}",
+            "-w",
+            str(workers),
+            "--log-level",
+            "info",
+            "--graceful-timeout",
+            "10",
+            *_control_socket_off(),
+            *args,
+        ]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, cwd=cwd, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -127,7 +149,7 @@ class Gunicorn:
         self._log.close()
         return self.proc.returncode
 
-    def __enter__(self) -> "Gunicorn":
+    def __enter__(self) -> Gunicorn:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -183,7 +205,7 @@ class MemoryWatch:
                 self.peak[pid] = max(self.peak.get(pid, 0), value)
             self.samples += 1
 
-    def stop(self) -> "MemoryWatch":
+    def stop(self) -> MemoryWatch:
         self._stop.set()
         self._thread.join(5)
         return self
@@ -198,8 +220,9 @@ class LoadResult:
         return [s for s in self.statuses if s != 200]
 
 
-def load(server: Gunicorn, path: str, requests: int, concurrency: int, timeout: float = 120.0,
-         pace: float | None = None) -> LoadResult:
+def load(
+    server: Gunicorn, path: str, requests: int, concurrency: int, timeout: float = 120.0, pace: float | None = None
+) -> LoadResult:
     """Send ``requests`` GETs with ``concurrency`` keep-alive-less clients; bounded in count and
     time. With ``pace``, the clients together send about that many requests per second."""
     start = time.monotonic()
@@ -265,7 +288,7 @@ class StatsdListener:
         while not self._stop.is_set():
             try:
                 self.datagrams.append(self.sock.recv(65536).decode(errors="replace"))
-            except socket.timeout:
+            except TimeoutError:
                 continue
 
     def matching(self, prefix: str) -> list[str]:

@@ -8,18 +8,18 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from gunicorn.config import Config
 from gunicorn.glogging import Logger
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gunicorn_memguard.eventlog import EventLog
-from gunicorn_memguard.prometheus import MetricsEndpoint, ScoreboardCollector
-from gunicorn_memguard.scoreboard import Scoreboard
+from gunicorn_memguard.report.eventlog import EventLog
+from gunicorn_memguard.report.prometheus import MetricsEndpoint, ScoreboardCollector
+from gunicorn_memguard.report.tally import Tally
+from gunicorn_memguard.report.telemetry import Telemetry
 from gunicorn_memguard.settings import Settings
-from gunicorn_memguard.tally import Tally
-from gunicorn_memguard.telemetry import Telemetry
+from gunicorn_memguard.shared.scoreboard import Scoreboard
 
 MiB = 2**20
 
@@ -56,23 +56,51 @@ def main() -> None:
     for workers in (4, 32, 128):
         registry = CollectorRegistry(auto_describe=False)
         registry.register(ScoreboardCollector(board_with(workers), Tally(), settings))
-        rows.append((f"collect + render, {workers} workers (512-slot scoreboard)",
-                     median_us(lambda: generate_latest(registry), 200)))
+        rows.append(
+            (
+                f"collect + render, {workers} workers (512-slot scoreboard)",
+                median_us(lambda: generate_latest(registry), 200),
+            )
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         events = EventLog(os.path.join(tmp, "events.jsonl"))
-        rows.append(("event log: one retire event", median_us(
-            lambda: events.write("retire", 1, worker=0, age=1.0, requests=1, metric="uss", value=1, limit=1,
-                                 reason="soft_limit", detail="uss 1 B > limit 1 B"), 2000)))
+        rows.append(
+            (
+                "event log: one retire event",
+                median_us(
+                    lambda: events.write(
+                        "retire",
+                        1,
+                        worker=0,
+                        age=1.0,
+                        requests=1,
+                        metric="uss",
+                        value=1,
+                        limit=1,
+                        reason="soft_limit",
+                        detail="uss 1 B > limit 1 B",
+                    ),
+                    2000,
+                ),
+            )
+        )
         cfg = Config()
         telemetry = Telemetry(events, Logger(cfg), cfg)
-        rows.append(("sample report (event log on, statsd off)", median_us(
-            lambda: telemetry.sample(pid=1, worker=0, age=1.0, requests=1, metric="uss", value=1,
-                                     rss=1, limit=1), 2000)))
+        rows.append(
+            (
+                "sample report (event log on, statsd off)",
+                median_us(
+                    lambda: telemetry.sample(
+                        pid=1, worker=0, age=1.0, requests=1, metric="uss", value=1, rss=1, limit=1
+                    ),
+                    2000,
+                ),
+            )
+        )
 
     rows.append(("fork + reap, no metrics endpoint", median_us(fork_and_reap, 200)))
-    endpoint = MetricsEndpoint("127.0.0.1", 0, ScoreboardCollector(board_with(32), Tally(), settings),
-                               Logger(Config()))
+    endpoint = MetricsEndpoint("127.0.0.1", 0, ScoreboardCollector(board_with(32), Tally(), settings), Logger(Config()))
     rows.append(("fork + reap, metrics endpoint serving", median_us(fork_and_reap, 200)))
     port = endpoint.server.server_address[1]
 

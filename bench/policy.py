@@ -14,13 +14,13 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
-from gunicorn_memguard.guard import Guard
-from gunicorn_memguard.reclaim import Reclaimer
 from gunicorn_memguard.settings import Settings
+from gunicorn_memguard.worker.guard import Guard
+from gunicorn_memguard.worker.reclaim import Reclaimer
 
 MiB = 2**20
 
@@ -57,6 +57,7 @@ def strings(mib: int, keep_every: int) -> Callable[[], object]:
     def build() -> object:
         blocks = [b"x" * (1024 + i % 1024) for i in range(mib * MiB // 1536)]
         return blocks[::keep_every]
+
     return build
 
 
@@ -64,6 +65,7 @@ def small_objects(count: int, keep_every: int) -> Callable[[], object]:
     def build() -> object:
         objects = [(i, str(i)) for i in range(count)]
         return objects[::keep_every]
+
     return build
 
 
@@ -88,8 +90,10 @@ def main() -> None:
     live = [(i, str(i)) for i in range(2_000_000)]
     started = time.perf_counter()
     gc.collect()
-    print(f"\ngc.collect() alone with 2 M live tuples+strings: {(time.perf_counter() - started) * 1000:.0f} ms "
-          "(holds the GIL)")
+    print(
+        f"\ngc.collect() alone with 2 M live tuples+strings: {(time.perf_counter() - started) * 1000:.0f} ms "
+        "(holds the GIL)"
+    )
     del live
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

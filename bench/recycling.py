@@ -78,7 +78,7 @@ class FleetWatch:
             self.max_draining = max(self.max_draining, draining)
             self.samples += 1
 
-    def stop(self) -> "FleetWatch":
+    def stop(self) -> FleetWatch:
         self._stop.set()
         self._thread.join(5)
         return self
@@ -132,8 +132,10 @@ def timed_load(server: Gunicorn, path: str, seconds: float, rate: float, concurr
 
 
 def idle_uss() -> int:
-    with TemporaryDirectory() as tmp, Gunicorn(["apps.slowboot:app"], {"SLOWBOOT_SECONDS": "0"},
-                                               Path(tmp) / "g.log", workers=1) as server:
+    with (
+        TemporaryDirectory() as tmp,
+        Gunicorn(["apps.slowboot:app"], {"SLOWBOOT_SECONDS": "0"}, Path(tmp) / "g.log", workers=1) as server,
+    ):
         server.wait_ready()
         (pid,) = server.worker_pids()
         return psutil.Process(pid).memory_full_info().uss
@@ -150,9 +152,15 @@ def run(label: str, args: list[str], env: dict[str, str], opts: argparse.Namespa
             watch.stop()
             recycles = len(watch.stopped | watch.exiting)
         return {
-            "run": label, "requests": len(result.latencies) + len(result.failed), "failed": len(result.failed),
-            "recycles": recycles, "min ready": watch.min_serving, "max draining": watch.max_draining,
-            "p50 ms": result.p(0.50) * 1000, "p99 ms": result.p(0.99) * 1000, "max ms": result.p(1.0) * 1000,
+            "run": label,
+            "requests": len(result.latencies) + len(result.failed),
+            "failed": len(result.failed),
+            "recycles": recycles,
+            "min ready": watch.min_serving,
+            "max draining": watch.max_draining,
+            "p50 ms": result.p(0.50) * 1000,
+            "p99 ms": result.p(0.99) * 1000,
+            "max ms": result.p(1.0) * 1000,
             "samples": watch.samples,
         }
 
@@ -170,21 +178,33 @@ def main() -> None:
     leak = f"/leak?kib={opts.kib}&s=0.01"
     per_life = opts.headroom * 1024 // opts.kib  # requests a worker serves before it reaches its limit
     limit = idle_uss() + opts.headroom * MiB
-    memguard = {"MEMGUARD_MAX_MEMORY": f"{limit}B", "MEMGUARD_MIN_LIFETIME": "0s",
-                "MEMGUARD_CHECK_INTERVAL": "200ms"}
+    memguard = {"MEMGUARD_MAX_MEMORY": f"{limit}B", "MEMGUARD_MIN_LIFETIME": "0s", "MEMGUARD_CHECK_INTERVAL": "200ms"}
     rows = [
         run("steady (no recycling)", [], {}, opts, "/slow?s=0.01"),
         run("memguard spawn-first", ["-c", "python:gunicorn_memguard.conf"], memguard, opts, leak),
-        run(f"--max-requests {per_life}", ["--max-requests", str(per_life), "--max-requests-jitter", str(per_life // 10)],
-            {}, opts, leak),
+        run(
+            f"--max-requests {per_life}",
+            ["--max-requests", str(per_life), "--max-requests-jitter", str(per_life // 10)],
+            {},
+            opts,
+            leak,
+        ),
     ]
     keys = list(rows[0])
-    print(f"{opts.workers} sync workers, app import {opts.boot:g}s, {opts.rate:g} req/s for {opts.seconds:g}s, "
-          f"{opts.kib} KiB leaked per request (except steady), ready workers sampled every 20 ms")
+    print(
+        f"{opts.workers} sync workers, app import {opts.boot:g}s, {opts.rate:g} req/s for {opts.seconds:g}s, "
+        f"{opts.kib} KiB leaked per request (except steady), ready workers sampled every 20 ms"
+    )
     print(" | ".join(f"{k:>12}" if k != "run" else f"{k:<24}" for k in keys))
     for row in rows:
-        print(" | ".join(f"{row[k]:<24}" if k == "run" else (f"{row[k]:>12.1f}" if isinstance(row[k], float)
-                                                               else f"{row[k]:>12}") for k in keys))
+        print(
+            " | ".join(
+                f"{row[k]:<24}"
+                if k == "run"
+                else (f"{row[k]:>12.1f}" if isinstance(row[k], float) else f"{row[k]:>12}")
+                for k in keys
+            )
+        )
 
 
 if __name__ == "__main__":

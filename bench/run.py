@@ -28,9 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import psutil
 
@@ -76,11 +76,13 @@ class WorkerClass:
 
 CLASSES = {
     "sync": WorkerClass(("-k", "sync"), ("-k", "gunicorn_memguard.workers.SyncWorker")),
-    "gthread": WorkerClass(("-k", "gthread", "--threads", "4"),
-                           ("-k", "gunicorn_memguard.workers.ThreadWorker", "--threads", "4")),
+    "gthread": WorkerClass(
+        ("-k", "gthread", "--threads", "4"), ("-k", "gunicorn_memguard.workers.ThreadWorker", "--threads", "4")
+    ),
     "gevent": WorkerClass(("-k", "gevent"), ("-k", "gunicorn_memguard.workers.GeventWorker")),
-    "uvicorn": WorkerClass(("-k", "uvicorn_worker.UvicornWorker"), ("-k", "gunicorn_memguard.workers.UvicornWorker"),
-                           app="bench.apps:asgi"),
+    "uvicorn": WorkerClass(
+        ("-k", "uvicorn_worker.UvicornWorker"), ("-k", "gunicorn_memguard.workers.UvicornWorker"), app="bench.apps:asgi"
+    ),
 }
 
 
@@ -88,32 +90,70 @@ CLASSES = {
 class Contender:
     """How to start a server with the ceiling (MiB of RSS per worker) for one worker class."""
 
-    start: Callable[[WorkerClass, int, dict[str, str], Path], "Server"]
+    start: Callable[[WorkerClass, int, dict[str, str], Path], Server]
     classes: tuple[str, ...] = tuple(CLASSES)  # which worker classes it can serve
 
 
-def _gunicorn(extra: tuple[str, ...], env: dict[str, str] | None = None, memguard: bool = False
-              ) -> Callable[..., "Server"]:
+def _gunicorn(
+    extra: tuple[str, ...], env: dict[str, str] | None = None, memguard: bool = False
+) -> Callable[..., Server]:
     def start(cls: WorkerClass, ceiling: int, run_env: dict[str, str], log: Path) -> Server:
         full_env = {**run_env, **{k: v.format(ceiling=ceiling) for k, v in (env or {}).items()}}
         worker = cls.memguard if memguard else cls.stock
         return GunicornServer(Gunicorn([*extra, *worker, cls.app], full_env, log, workers=WORKERS, cwd=ROOT))
+
     return start
 
 
-def _uwsgi(cls: WorkerClass, ceiling: int, env: dict[str, str], log: Path) -> "Server":
+def _uwsgi(cls: WorkerClass, ceiling: int, env: dict[str, str], log: Path) -> Server:
     port = free_port()
-    return Server([_tool("uwsgi"), "--http-socket", f"127.0.0.1:{port}", "--master", "--processes", str(WORKERS),
-                   "--module", cls.app, "--need-app", "--disable-logging", "--reload-on-rss", str(ceiling),
-                   "--min-worker-lifetime", "2"],
-                  port, env, log, leaving=(re.compile(r"The work of process (\d+) is done"),))
+    return Server(
+        [
+            _tool("uwsgi"),
+            "--http-socket",
+            f"127.0.0.1:{port}",
+            "--master",
+            "--processes",
+            str(WORKERS),
+            "--module",
+            cls.app,
+            "--need-app",
+            "--disable-logging",
+            "--reload-on-rss",
+            str(ceiling),
+            "--min-worker-lifetime",
+            "2",
+        ],
+        port,
+        env,
+        log,
+        leaving=(re.compile(r"The work of process (\d+) is done"),),
+    )
 
 
-def _granian(cls: WorkerClass, ceiling: int, env: dict[str, str], log: Path) -> "Server":
+def _granian(cls: WorkerClass, ceiling: int, env: dict[str, str], log: Path) -> Server:
     port = free_port()
-    return Server([_tool("granian"), "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
-                   "--workers", str(WORKERS), "--workers-max-rss", str(ceiling), "--rss-sample-interval", "1",
-                   cls.app], port, env, log)
+    return Server(
+        [
+            _tool("granian"),
+            "--interface",
+            "wsgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(WORKERS),
+            "--workers-max-rss",
+            str(ceiling),
+            "--rss-sample-interval",
+            "1",
+            cls.app,
+        ],
+        port,
+        env,
+        log,
+    )
 
 
 # memguard retires on RSS here because uWSGI and Granian can only do that. The short minimum
@@ -141,14 +181,20 @@ def _tool(name: str) -> str:
 class Server:
     """Any server whose workers are the direct children of the process it starts."""
 
-    def __init__(self, args: list[str], port: int, env: dict[str, str], log: Path,
-                 leaving: tuple[re.Pattern[str], ...] = ()) -> None:
+    def __init__(
+        self, args: list[str], port: int, env: dict[str, str], log: Path, leaving: tuple[re.Pattern[str], ...] = ()
+    ) -> None:
         self.port = port
         self.leaving_lines = leaving  # log lines that say a worker stopped taking new requests
         self.log_path = log
         self._log = open(log, "wb")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def worker_pids(self) -> set[int]:
         try:
@@ -182,10 +228,12 @@ class Server:
 
 
 class GunicornServer(Server):
-    LEAVING = (re.compile(r"\[(\d+)\] \[INFO\] Autorestarting worker"),
-               re.compile(r"\[(\d+)\] \[INFO\] Maximum request limit"),  # uvicorn's max-requests
-               re.compile(r"retiring worker pid=(\d+)"),
-               re.compile(r"Worker exiting \(pid: (\d+)\)"))
+    LEAVING = (
+        re.compile(r"\[(\d+)\] \[INFO\] Autorestarting worker"),
+        re.compile(r"\[(\d+)\] \[INFO\] Maximum request limit"),  # uvicorn's max-requests
+        re.compile(r"retiring worker pid=(\d+)"),
+        re.compile(r"Worker exiting \(pid: (\d+)\)"),
+    )
 
     def __init__(self, gunicorn: Gunicorn) -> None:
         self.gunicorn = gunicorn
@@ -249,8 +297,10 @@ class Sampler:
         self._page = os.sysconf("SC_PAGE_SIZE")
         self._stop = threading.Event()
         self._scan()
-        self._threads = [threading.Thread(target=self._scan_loop, daemon=True),
-                         threading.Thread(target=self._sample_loop, daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._scan_loop, daemon=True),
+            threading.Thread(target=self._sample_loop, daemon=True),
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -320,8 +370,21 @@ class Requests:
 
 def load_hey(port: int, work: Workload, seconds: float) -> Requests:
     per_client = max(1, round(work.rate * seconds / work.concurrency))
-    args = ["hey", "-n", str(per_client * work.concurrency), "-c", str(work.concurrency), "-disable-keepalive",
-            "-q", f"{work.rate / work.concurrency:g}", "-t", "30", "-o", "csv", f"http://127.0.0.1:{port}{work.path}"]
+    args = [
+        "hey",
+        "-n",
+        str(per_client * work.concurrency),
+        "-c",
+        str(work.concurrency),
+        "-disable-keepalive",
+        "-q",
+        f"{work.rate / work.concurrency:g}",
+        "-t",
+        "30",
+        "-o",
+        "csv",
+        f"http://127.0.0.1:{port}{work.path}",
+    ]
     began = time.monotonic()
     out = subprocess.run(args, capture_output=True, text=True, timeout=seconds * 4 + 60, check=True).stdout
     result = Requests(wall=time.monotonic() - began)
@@ -399,8 +462,11 @@ class Run:
     def needed(self) -> float:
         """The fewest recycles that keep every worker under the ceiling: the bytes leaked, less
         what the workers still serving at the end hold (up to one headroom each), ÷ headroom."""
-        held = sum(min(self.headroom, max(0, s[-1][1] - self.baseline))
-                   for pid, s in self.timeline.series.items() if pid not in self.timeline.left)
+        held = sum(
+            min(self.headroom, max(0, s[-1][1] - self.baseline))
+            for pid, s in self.timeline.series.items()
+            if pid not in self.timeline.left
+        )
         return max(0, self.leaked - held) / self.headroom
 
     @property
@@ -430,8 +496,9 @@ class Run:
         return out
 
 
-def run_one(workload: str, cls_name: str, contender: str, ceiling: int, client: str, seconds_scale: float,
-            logs: Path) -> Run:
+def run_one(
+    workload: str, cls_name: str, contender: str, ceiling: int, client: str, seconds_scale: float, logs: Path
+) -> Run:
     work, cls = WORKLOADS[workload], CLASSES[cls_name]
     seconds = work.seconds * seconds_scale
     with tempfile.TemporaryDirectory(prefix="bench-leak-") as ledger:
@@ -469,9 +536,11 @@ def _ms(value: float) -> str:
 
 
 def run_table(runs: list[Run]) -> str:
-    lines = ["| workload | class | contender | leaked MiB | recycles | ÷ needed | peak ÷ ceiling | failed "
-             "| min serving | p50 ms | p99 ms | p99 steady ms | p99 in recycles ms | req/s |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| workload | class | contender | leaked MiB | recycles | ÷ needed | peak ÷ ceiling | failed "
+        "| min serving | p50 ms | p99 ms | p99 steady ms | p99 in recycles ms | req/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in runs:
         steady, busy = r.latencies(False), r.latencies(True)
         everything = steady + busy
@@ -480,7 +549,8 @@ def run_table(runs: list[Run]) -> str:
             f"| {_ratio(r.recycles, r.needed)} "
             f"| {r.peak / (r.ceiling * MiB):.2f} | {r.requests.failed} | {r.min_serving} "
             f"| {_ms(_pct(everything, 0.5))} | {_ms(_pct(everything, 0.99))} | {_ms(_pct(steady, 0.99))} "
-            f"| {_ms(_pct(busy, 0.99))} | {len(everything) / max(r.requests.wall, 1e-9):.0f} |")
+            f"| {_ms(_pct(busy, 0.99))} | {len(everything) / max(r.requests.wall, 1e-9):.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -523,8 +593,13 @@ def plot(runs: list[Run], folder: Path) -> list[Path]:
         mine = [r for r in runs if r.workload == workload]
         contenders = list(dict.fromkeys(r.contender for r in mine))
         classes = list(dict.fromkeys(r.cls for r in mine))
-        fig, axes = plt.subplots(len(contenders), len(classes), figsize=(4.5 * len(classes), 2.6 * len(contenders)),
-                                 squeeze=False, sharex=True)
+        fig, axes = plt.subplots(
+            len(contenders),
+            len(classes),
+            figsize=(4.5 * len(classes), 2.6 * len(contenders)),
+            squeeze=False,
+            sharex=True,
+        )
         for ax in axes.flat:
             ax.set_visible(False)
         for r in mine:
@@ -532,7 +607,7 @@ def plot(runs: list[Run], folder: Path) -> list[Path]:
             ax.set_visible(True)
             for pid, series in r.timeline.series.items():
                 ts, rss = zip(*series)
-                line, = ax.plot(ts, [v / MiB for v in rss], linewidth=0.8)
+                (line,) = ax.plot(ts, [v / MiB for v in rss], linewidth=0.8)
                 if pid in r.timeline.left:
                     left = r.timeline.left[pid]
                     at = max((v for t, v in series if t <= left), default=rss[-1])
@@ -573,9 +648,13 @@ def measure_hello(cls: WorkerClass, variant: str, seconds: float, client: str, l
         if client == "python":
             r = load_python(server.port, Workload("/", rate=0, seconds=seconds, concurrency=8), seconds)
             return len(r.ok) / r.wall, _pct(r.duration, 0.99)
-        out = subprocess.run(["wrk", "-t", "1", "-c", "16", "-d", f"{seconds:g}s", "--latency",
-                              f"http://127.0.0.1:{server.port}/"], capture_output=True, text=True, check=True,
-                             timeout=seconds + 60).stdout
+        out = subprocess.run(
+            ["wrk", "-t", "1", "-c", "16", "-d", f"{seconds:g}s", "--latency", f"http://127.0.0.1:{server.port}/"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
+        ).stdout
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
         value, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", out, re.M).groups()
         return rps, float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
@@ -603,14 +682,18 @@ def _spread(values: list[float]) -> str:
 
 
 def overhead_table(results: list[Overhead]) -> str:
-    lines = ["| class | throughput memguard ÷ stock, median (min–max) | p99 memguard ÷ stock, median (min–max) "
-             "| req/s stock | p99 ms stock | p99 ms memguard | reps |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| class | throughput memguard ÷ stock, median (min–max) | p99 memguard ÷ stock, median (min–max) "
+        "| req/s stock | p99 ms stock | p99 ms memguard | reps |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for o in results:
         p99 = [m / s for m, s in zip(o.p99["memguard"], o.p99["stock"])]
-        lines.append(f"| {o.cls} | {_spread(o.ratios)} | {_spread(p99)} | {statistics.median(o.rps_stock):.0f} "
-                     f"| {_ms(statistics.median(o.p99['stock']))} | {_ms(statistics.median(o.p99['memguard']))} "
-                     f"| {len(o.ratios)} |")
+        lines.append(
+            f"| {o.cls} | {_spread(o.ratios)} | {_spread(p99)} | {statistics.median(o.rps_stock):.0f} "
+            f"| {_ms(statistics.median(o.p99['stock']))} | {_ms(statistics.median(o.p99['memguard']))} "
+            f"| {len(o.ratios)} |"
+        )
     return "\n".join(lines)
 
 
@@ -626,17 +709,23 @@ def _names(value: str, known: dict[str, object], what: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="runs a third as long, 2 overhead repetitions")
-    p.add_argument("--workloads", default=",".join(WORKLOADS),
-                   help=f"comma-separated, from {', '.join(WORKLOADS)} (empty: overhead only)")
+    p.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated, from {', '.join(WORKLOADS)} (empty: overhead only)",
+    )
     p.add_argument("--classes", default=",".join(CLASSES), help=f"comma-separated, from {', '.join(CLASSES)}")
-    p.add_argument("--contenders", default=",".join(CONTENDERS),
-                   help=f"comma-separated, from {', '.join(CONTENDERS)}")
+    p.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated, from {', '.join(CONTENDERS)}")
     p.add_argument("--ceiling", type=int, default=128, help="MiB of RSS per worker (default 128)")
     p.add_argument("--scale", type=float, help="multiply every run's duration (overrides --quick's)")
     p.add_argument("--reps", type=int, help="overhead repetitions per class (default 5, --quick 2)")
     p.add_argument("--overhead-seconds", type=float, default=5.0, help="length of one overhead run")
-    p.add_argument("--client", choices=("hey", "python"), default="hey",
-                   help="load generator for non-streaming runs; python needs no Debian package")
+    p.add_argument(
+        "--client",
+        choices=("hey", "python"),
+        default="hey",
+        help="load generator for non-streaming runs; python needs no Debian package",
+    )
     p.add_argument("--no-overhead", action="store_true", help="skip the hello-world comparison")
     p.add_argument("--no-plot", action="store_true", help="no PNG timelines (no matplotlib needed)")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for results.md, the PNGs and the server logs")
@@ -668,15 +757,21 @@ def main(argv: list[str] | None = None) -> int:
         report += [f"## Recycling (ceiling {a.ceiling} MiB RSS per worker, {WORKERS} workers)\n", run_table(runs)]
         missed = misses(runs)
         gaps = [g for r in runs for g in r.timeline.gaps]
-        report += [f"\nOutside memory samples every {SAMPLE_EVERY * 1000:.0f} ms: gap between two p99 "
-                   f"{_pct(gaps, 0.99) * 1000:.0f} ms, longest {max(gaps, default=0) * 1000:.0f} ms.",
-                   "memguard's targets: " + ("all met." if not missed else "missed — " + "; ".join(missed) + ".")]
+        report += [
+            f"\nOutside memory samples every {SAMPLE_EVERY * 1000:.0f} ms: gap between two p99 "
+            f"{_pct(gaps, 0.99) * 1000:.0f} ms, longest {max(gaps, default=0) * 1000:.0f} ms.",
+            "memguard's targets: " + ("all met." if not missed else "missed — " + "; ".join(missed) + "."),
+        ]
     if not a.no_overhead:
         print("... overhead", file=sys.stderr, flush=True)
-        report += ["\n## Overhead on hello world\n",
-                   overhead_table(overhead(classes, reps, a.overhead_seconds, a.client, logs))]
-    report.append(f"\n{len(runs)} runs in {time.monotonic() - began:.0f} s, {os.cpu_count()} CPUs, "
-                  f"load by {a.client}{' (streams: python)' if 'stream' in workloads else ''}.")
+        report += [
+            "\n## Overhead on hello world\n",
+            overhead_table(overhead(classes, reps, a.overhead_seconds, a.client, logs)),
+        ]
+    report.append(
+        f"\n{len(runs)} runs in {time.monotonic() - began:.0f} s, {os.cpu_count()} CPUs, "
+        f"load by {a.client}{' (streams: python)' if 'stream' in workloads else ''}."
+    )
     text = "\n".join(report)
     print(text)
     (a.out / "results.md").write_text(text + "\n")

@@ -8,7 +8,7 @@ import importlib
 import importlib.util
 import os
 import sys
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from .settings import SettingsError, load_settings
 
@@ -17,7 +17,7 @@ def _config_namespace(location: str | None) -> tuple[Mapping[str, object], str]:
     if not location:
         return {}, "config"
     if location.startswith("python:"):
-        return vars(importlib.import_module(location[len("python:"):])), location
+        return vars(importlib.import_module(location[len("python:") :])), location
     spec = importlib.util.spec_from_file_location("__config__", location)
     if spec is None or spec.loader is None:
         raise FileNotFoundError(location)

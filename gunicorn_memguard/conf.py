@@ -6,15 +6,7 @@ you define there are composed with memguard's (yours first) — see
 ``gunicorn_memguard.hooks.chain``.
 """
 
-from .hooks import (
-    child_exit,
-    on_starting,
-    post_request,
-    post_worker_init,
-    pre_fork,
-    when_ready,
-    worker_exit,
-)
+from .hooks import child_exit, on_starting, post_request, post_worker_init, pre_fork, when_ready, worker_exit
 
 __all__ = [
     "child_exit",

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from . import master
-from .guard import Guard, start_os_thread
-from .retire import retirement_for
-from .telemetry import Telemetry
+from .master import runtime as master
+from .report.telemetry import Telemetry
+from .worker.guard import Guard, start_os_thread
+from .worker.retire import retirement_for
 
 _guard: Guard | None = None  # the guard of this worker process, once post_worker_init ran
 _failed: set[str] = set()
@@ -62,7 +63,7 @@ def when_ready(server: Any) -> None:
 @_never_raises
 def pre_fork(server: Any, worker: Any) -> None:
     master.install(server.cfg, server.log, server)
-    master.rebudget(server)
+    master.resolve_limits(server)
     master.claim_slot(worker, server.log)
     master.coordinate(server)  # last: if it fails, workers still get slots and retire on their own
 
@@ -70,7 +71,7 @@ def pre_fork(server: Any, worker: Any) -> None:
 @_never_raises
 def child_exit(server: Any, worker: Any) -> None:
     master.report_exit(worker, server.log, server.cfg)
-    master.rebudget(server)
+    master.resolve_limits(server)
 
 
 # -- worker side ----------------------------------------------------------------------------
@@ -89,7 +90,7 @@ def post_worker_init(worker: Any) -> None:
         getattr(worker, master.SLOT_ATTR, None),
         getattr(worker, "memguard_start_thread", start_os_thread),
         telemetry=Telemetry(master.STATE.events, worker.log, worker.cfg),
-        budget=master.STATE.budget,
+        shared=master.STATE.shared,
         coordinated=master.STATE.coordinated,
     )
 

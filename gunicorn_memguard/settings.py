@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from .units import (
     BOOL_FORM,
@@ -92,6 +93,8 @@ def _parse_path(value: object) -> str:
 
 def _show_optional(value: object) -> str:
     return "unset" if value is None else str(value)
+
+
 def _parse_budget(value: object) -> int:
     count = int(str(value).strip()) if str(value).strip().isdigit() else 0
     if count < 1:
@@ -116,7 +119,9 @@ def _parse_total_memory(value: object) -> TotalMemory:
     if isinstance(value, str) and value.strip().endswith("%"):
         share = parse_percent(value)
         if not 0.0 < share <= 1.0:
-            raise ValueError(f"a share of the container must be above 0% and at most 100%; expected {SIZE_FORM} or {PERCENT_FORM}")
+            raise ValueError(
+                f"a share of the container must be above 0% and at most 100%; expected {SIZE_FORM} or {PERCENT_FORM}"
+            )
         return TotalMemory(share=share)
     try:
         return TotalMemory(size=parse_size(value))
@@ -148,13 +153,21 @@ def _show_rate(value: float | None) -> str:
 SPECS: dict[str, Spec] = {
     "enabled": Spec(parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "turn memguard off without removing it"),
     "max_memory": Spec(
-        parse_size_or_share, SIZE_OR_SHARE_FORM, format_size_or_share, "soft limit per worker: retire gracefully above it"
+        parse_size_or_share,
+        SIZE_OR_SHARE_FORM,
+        format_size_or_share,
+        "soft limit per worker: retire gracefully above it",
     ),
     "hard_max_memory": Spec(
-        parse_size_or_share, SIZE_OR_SHARE_FORM, format_size_or_share, "hard limit per worker: retire at once, no waiting"
+        parse_size_or_share,
+        SIZE_OR_SHARE_FORM,
+        format_size_or_share,
+        "hard limit per worker: retire at once, no waiting",
     ),
     "metric": Spec(_parse_metric, "one of rss, uss, pss", str, "which memory figure the limits apply to"),
-    "jitter": Spec(_parse_jitter, PERCENT_FORM, lambda v: f"{v * 100:g}%", "spread each worker's limit below max_memory"),
+    "jitter": Spec(
+        _parse_jitter, PERCENT_FORM, lambda v: f"{v * 100:g}%", "spread each worker's limit below max_memory"
+    ),
     "check_interval": Spec(_parse_interval, DURATION_FORM, format_duration, "timer sampling period"),
     "min_lifetime": Spec(parse_duration, DURATION_FORM, format_duration, "no soft-limit retirement younger than this"),
     # observability
@@ -168,15 +181,28 @@ SPECS: dict[str, Spec] = {
     "growth_window": Spec(_parse_interval, DURATION_FORM, format_duration, "how far back the growth rate is judged"),
     "growth_grace": Spec(parse_duration, DURATION_FORM, format_duration, "warm-up after boot the growth rate ignores"),
     "growth_interval": Spec(_parse_interval, DURATION_FORM, format_duration, "growth sampling and evaluation period"),
-    "reclaim": Spec(parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "gc + malloc_trim before a soft-limit retirement"),
-    "reclaim_interval": Spec(parse_duration, DURATION_FORM, format_duration, "at most one reclaim per worker this often"),
+    "reclaim": Spec(
+        parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "gc + malloc_trim before a soft-limit retirement"
+    ),
+    "reclaim_interval": Spec(
+        parse_duration, DURATION_FORM, format_duration, "at most one reclaim per worker this often"
+    ),
     "max_retirements": Spec(
         parse_count_rate, COUNT_RATE_FORM, format_count_rate, "per worker; above it soft-limit recycling pauses"
     ),
     # -- coordination in the master (one block)
-    "max_concurrent_retirements": Spec(_parse_budget, "a whole number, at least 1", str, "workers retired/replaced at once"),
-    "spawn_first": Spec(parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "start a replacement before a soft retirement"),
-    "max_total_memory": Spec(_parse_total_memory, f"{SIZE_FORM}, or {PERCENT_FORM} of the container", lambda v: "unset" if v is None else str(v), "server-wide PSS budget over all workers"),
+    "max_concurrent_retirements": Spec(
+        _parse_budget, "a whole number, at least 1", str, "workers retired/replaced at once"
+    ),
+    "spawn_first": Spec(
+        parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "start a replacement before a soft retirement"
+    ),
+    "max_total_memory": Spec(
+        _parse_total_memory,
+        f"{SIZE_FORM}, or {PERCENT_FORM} of the container",
+        lambda v: "unset" if v is None else str(v),
+        "server-wide PSS budget over all workers",
+    ),
 }
 
 
@@ -282,4 +308,3 @@ def load_settings(env: Mapping[str, str], config: Mapping[str, object], config_n
     if problems:
         raise SettingsError(problems)
     return settings
-

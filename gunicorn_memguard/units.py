@@ -121,7 +121,7 @@ def parse_bool(value: object) -> bool:
 
 def format_size(size: float) -> str:
     """Format bytes in binary units with one decimal, e.g. ``171.3 MiB``."""
-    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(size) >= factor:
             return f"{size / factor:.1f} {unit}"
     return f"{int(size)} B"

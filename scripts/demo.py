@@ -32,33 +32,45 @@ def main() -> int:
     with Gunicorn(args, env, log_path, workers=2, cwd=ROOT) as server:
         server.wait_ready()
         start_pids = server.worker_pids()
-        print(f"serving on 127.0.0.1:{server.port} with workers {sorted(start_pids)}; "
-              f"{SECONDS}s of load at ~{RATE} req/s ...")
+        print(
+            f"serving on 127.0.0.1:{server.port} with workers {sorted(start_pids)}; "
+            f"{SECONDS}s of load at ~{RATE} req/s ..."
+        )
         watch = MemoryWatch(server, metric="uss", interval=0.05)
         started = time.monotonic()
-        result = load(server, "/", requests=RATE * SECONDS, concurrency=4, timeout=SECONDS * 3,
-                      pace=RATE)
+        result = load(server, "/", requests=RATE * SECONDS, concurrency=4, timeout=SECONDS * 3, pace=RATE)
         elapsed = time.monotonic() - started
         watch.stop()
         time.sleep(1.0)
         log = server.log()
 
-    retired = {int(m.group(1)): m for m in re.finditer(
-        r"retiring worker pid=(\d+) age=([\d.]+)s requests=(\d+) uss=\d+ \(([^)]+)\) limit=\d+ \(([^)]+)\) "
-        r"reason=(\w+)", log)}
-    print(f"\n{len(result.statuses)} requests in {elapsed:.1f}s, failed: {len(result.failed)}, "
-          f"workers retired and replaced: {len(retired)}\n")
+    retired = {
+        int(m.group(1)): m
+        for m in re.finditer(
+            r"retiring worker pid=(\d+) age=([\d.]+)s requests=(\d+) uss=\d+ \(([^)]+)\) limit=\d+ \(([^)]+)\) "
+            r"reason=(\w+)",
+            log,
+        )
+    }
+    print(
+        f"\n{len(result.statuses)} requests in {elapsed:.1f}s, failed: {len(result.failed)}, "
+        f"workers retired and replaced: {len(retired)}\n"
+    )
     print(f"{'worker':>8}  {'peak USS (outside)':>18}  {'its limit':>10}  {'age':>6}  {'requests':>8}  outcome")
     for pid in sorted(watch.peak):
         peak = f"{watch.peak[pid] / MiB:.1f} MiB"
         if pid in retired:
             m = retired[pid]
-            print(f"{pid:>8}  {peak:>18}  {m.group(5):>10}  {m.group(2):>5}s  {m.group(3):>8}  "
-                  f"retired: {m.group(6)} at {m.group(4)}")
+            print(
+                f"{pid:>8}  {peak:>18}  {m.group(5):>10}  {m.group(2):>5}s  {m.group(3):>8}  "
+                f"retired: {m.group(6)} at {m.group(4)}"
+            )
         else:
             print(f"{pid:>8}  {peak:>18}  {'':>10}  {'':>6}  {'':>8}  still serving at the end")
-    print(f"\nlimit {LIMIT} per worker (jitter draws each worker's own limit up to 10% below it); "
-          f"full gunicorn log: {log_path.name}")
+    print(
+        f"\nlimit {LIMIT} per worker (jitter draws each worker's own limit up to 10% below it); "
+        f"full gunicorn log: {log_path.name}"
+    )
     return 0 if not result.failed and retired else 1
 
 

@@ -20,6 +20,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from ..units import format_size
+
 ROOT = "/"
 
 # cgroup v1 reports "no limit" as a huge page-aligned number (e.g. 9223372036854771712);
@@ -56,23 +58,11 @@ class ContainerMemory:
     def describe(self) -> str:
         """One human line for startup logs, so operators can see which budget memguard uses."""
         if self.limit is not None and self.cgroup is not None:
-            return f"cgroup {self.cgroup.version} limit {format_bytes(self.limit)} ({self.cgroup.path})"
-        text = f"no cgroup memory limit; host memory {format_bytes(self.mem_total)}"
+            return f"cgroup {self.cgroup.version} limit {format_size(self.limit)} ({self.cgroup.path})"
+        text = f"no cgroup memory limit; host memory {format_size(self.mem_total)}"
         if self.cgroup is not None:
             text += f" (cgroup {self.cgroup.version} {self.cgroup.path})"
         return text
-
-
-def format_bytes(size: int) -> str:
-    """Format a byte count in binary units with one decimal, e.g. ``2.0 GiB``, for log lines."""
-    if size < 1024:
-        return f"{size} B"
-    value = float(size)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        value /= 1024.0
-        if value < 1024.0 or unit == "PiB":
-            break
-    return f"{value:.1f} {unit}"
 
 
 # --- low-level, never-raising readers -------------------------------------------------------

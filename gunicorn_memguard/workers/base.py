@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..master import install
+from ..master.runtime import install
 
 
 class MemguardWorker:

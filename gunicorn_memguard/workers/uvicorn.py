@@ -22,7 +22,8 @@ import asyncio
 import inspect
 import sys
 import warnings
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from gunicorn.arbiter import Arbiter
 
@@ -43,7 +44,7 @@ except ImportError:
         from uvicorn.workers import UvicornWorker as _StockUvicornWorker
 
 from .. import hooks
-from ..retire import send_sigterm
+from ..worker.retire import send_sigterm
 from .base import MemguardWorker
 
 # How long a retiring worker waits for connections it accepted to send their request.

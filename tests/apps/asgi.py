@@ -26,8 +26,7 @@ async def app(scope, receive, send):
     query = parse_qs(scope["query_string"].decode())
     if path == "/stream":
         count, gap = int(query.get("n", ["10"])[0]), float(query.get("gap", ["0.5"])[0])
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         for i in range(count):
             await send({"type": "http.response.body", "body": f"data: {i}\n\n".encode(), "more_body": True})
             await asyncio.sleep(gap)
@@ -36,6 +35,11 @@ async def app(scope, receive, send):
     if path == "/leak":
         LEAKED.append(b"\x01" * (int(query.get("kib", ["100"])[0]) * 1024))
     body = str(os.getpid()).encode() if path == "/pid" else b"ok"
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

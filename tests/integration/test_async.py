@@ -18,8 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import MiB
 from bench.harness import Gunicorn, MemoryWatch, load, poll
+
+from .conftest import MiB
 
 pytest.importorskip("gevent")
 pytest.importorskip("uvicorn")
@@ -47,8 +48,13 @@ SLACK = 8 * MiB
 def guard_env(limit: int) -> dict[str, str]:
     # Each worker's own bound, retiring at once (as in test_core.py); spawn-first and the retirement
     # budget, which serve on over the soft limit meanwhile, are tested in test_coordination.py.
-    return {"MEMGUARD_MAX_MEMORY": f"{limit}B", "MEMGUARD_MIN_LIFETIME": "0s", "MEMGUARD_CHECK_INTERVAL": "200ms",
-            "MEMGUARD_SPAWN_FIRST": "no", "MEMGUARD_MAX_CONCURRENT_RETIREMENTS": "8"}
+    return {
+        "MEMGUARD_MAX_MEMORY": f"{limit}B",
+        "MEMGUARD_MIN_LIFETIME": "0s",
+        "MEMGUARD_CHECK_INTERVAL": "200ms",
+        "MEMGUARD_SPAWN_FIRST": "no",
+        "MEMGUARD_MAX_CONCURRENT_RETIREMENTS": "8",
+    }
 
 
 def hide_uvicorn_worker(tmp_path: Path) -> dict[str, str]:
@@ -63,7 +69,7 @@ def mode_env(mode: str, tmp_path: Path) -> dict[str, str]:
     return hide_uvicorn_worker(tmp_path) if mode == "class-uvicorn-only" else {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def idle_uss(args: tuple[str, ...], app: str) -> int:
     """USS of an idle worker of this class and app, measured once on this machine, this gunicorn."""
     with Gunicorn([*args, app], workers=1) as server:
@@ -74,13 +80,15 @@ def idle_uss(args: tuple[str, ...], app: str) -> int:
         return psutil.Process(pid).memory_full_info().uss
 
 
-def start(mode: str, limit_over_idle: int, tmp_path: Path, workers: int = 2,
-          extra: tuple[str, ...] = ()) -> tuple[Gunicorn, int]:
+def start(
+    mode: str, limit_over_idle: int, tmp_path: Path, workers: int = 2, extra: tuple[str, ...] = ()
+) -> tuple[Gunicorn, int]:
     """A serving gunicorn in ``mode`` whose soft limit is ``limit_over_idle`` over an idle worker."""
     args, app = ALL_MODES[mode]
     limit = idle_uss(tuple(args), app) + limit_over_idle
-    server = Gunicorn([*args, *extra, app], {**guard_env(limit), **mode_env(mode, tmp_path)},
-                      tmp_path / "g.log", workers=workers)
+    server = Gunicorn(
+        [*args, *extra, app], {**guard_env(limit), **mode_env(mode, tmp_path)}, tmp_path / "g.log", workers=workers
+    )
     try:
         server.wait_ready()
     except BaseException:
@@ -119,10 +127,15 @@ def test_leaking_workers_are_retired_gracefully_under_concurrent_load(mode, tmp_
         assert len(set(retired)) == len(retired), "one log line per retirement"
         wait_gone(server, set(retired))
         for pid in retired:
-            poll(lambda: server.log_lines(f"worker pid={pid} exited gracefully after retirement"), timeout=5,
-                 what=f"graceful exit of {pid}")
-        print(f"{mode}: {len(retired)} retirements, peak uss {peak / MiB:.1f} MiB, limit {limit / MiB:.1f} MiB "
-              f"(+{(peak - limit) / MiB:.1f}), {watch.samples} samples")
+            poll(
+                lambda: server.log_lines(f"worker pid={pid} exited gracefully after retirement"),
+                timeout=5,
+                what=f"graceful exit of {pid}",
+            )
+        print(
+            f"{mode}: {len(retired)} retirements, peak uss {peak / MiB:.1f} MiB, limit {limit / MiB:.1f} MiB "
+            f"(+{(peak - limit) / MiB:.1f}), {watch.samples} samples"
+        )
 
 
 def stream_then_check_closed(server: Gunicorn, path: str, out: list[object]) -> None:
@@ -226,10 +239,15 @@ def test_fastapi_sync_endpoint_leaking_in_the_thread_pool_stays_bounded(tmp_path
         assert len(retired) >= 3 and len(set(retired)) == len(retired)
         wait_gone(server, set(retired))
         for pid in retired:
-            poll(lambda: server.log_lines(f"worker pid={pid} exited gracefully after retirement"), timeout=5,
-                 what=f"graceful exit of {pid}")
-        print(f"fastapi: {len(retired)} retirements, peak uss {peak / MiB:.1f} MiB, limit {limit / MiB:.1f} MiB "
-              f"(+{(peak - limit) / MiB:.1f})")
+            poll(
+                lambda: server.log_lines(f"worker pid={pid} exited gracefully after retirement"),
+                timeout=5,
+                what=f"graceful exit of {pid}",
+            )
+        print(
+            f"fastapi: {len(retired)} retirements, peak uss {peak / MiB:.1f} MiB, limit {limit / MiB:.1f} MiB "
+            f"(+{(peak - limit) / MiB:.1f})"
+        )
 
 
 @pytest.mark.parametrize("mode", ["class-gevent", "class-uvicorn-h11"])
@@ -268,16 +286,22 @@ def test_stock_uvicorn_worker_under_the_hook_module_is_retired_by_the_timer(tmp_
         # uvicorn re-raises the SIGTERM after its graceful shutdown: the worker dies by the signal,
         # so worker_exit does not run; the master reads the signal from the exit status (as README says)
         assert server.log_lines(f"Worker (pid:{pid}) was sent SIGTERM")
-        poll(lambda: server.log_lines(f"worker pid={pid} ended by SIGTERM after its own shutdown"), timeout=5,
-             what="master's exit report")
+        poll(
+            lambda: server.log_lines(f"worker pid={pid} ended by SIGTERM after its own shutdown"),
+            timeout=5,
+            what="master's exit report",
+        )
 
 
 def test_uvicorn_worker_falls_back_to_uvicorn_workers_without_uvicorn_worker(tmp_path):
     env = hide_uvicorn_worker(tmp_path)
-    code = ("import warnings; warnings.simplefilter('error'); "
-            "from gunicorn_memguard.workers import UvicornWorker; "
-            "print([c.__module__ for c in UvicornWorker.__mro__])")
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "PATH": ""}, capture_output=True, text=True,
-                         timeout=60)
+    code = (
+        "import warnings; warnings.simplefilter('error'); "
+        "from gunicorn_memguard.workers import UvicornWorker; "
+        "print([c.__module__ for c in UvicornWorker.__mro__])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "PATH": ""}, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert "uvicorn.workers" in out.stdout and "uvicorn_worker._workers" not in out.stdout

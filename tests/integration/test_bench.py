@@ -22,10 +22,29 @@ def _row(table: str, start: str) -> dict[str, str]:
 
 def test_runner_measures_memguard_on_a_leaking_app(tmp_path, capsys):
     plots = importlib.util.find_spec("matplotlib") is not None  # the `bench` extra
-    code = run.main(["--workloads", "leak-high", "--classes", "sync", "--contenders", "memguard-drain-first",
-                     "--ceiling", "64", "--scale", "0.2", "--client", "python",
-                     "--reps", "1", "--overhead-seconds", "1", "--out", str(tmp_path),
-                     *([] if plots else ["--no-plot"])])
+    code = run.main(
+        [
+            "--workloads",
+            "leak-high",
+            "--classes",
+            "sync",
+            "--contenders",
+            "memguard-drain-first",
+            "--ceiling",
+            "64",
+            "--scale",
+            "0.2",
+            "--client",
+            "python",
+            "--reps",
+            "1",
+            "--overhead-seconds",
+            "1",
+            "--out",
+            str(tmp_path),
+            *([] if plots else ["--no-plot"]),
+        ]
+    )
 
     assert code == 0
     table = (tmp_path / "results.md").read_text()

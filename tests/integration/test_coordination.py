@@ -15,9 +15,10 @@ import time
 
 import pytest
 
-from .conftest import MiB
 from bench.harness import Gunicorn, MemoryWatch, load, poll
 from bench.recycling import FleetWatch
+
+from .conftest import MiB
 
 HOOKS = ["-c", "python:gunicorn_memguard.conf"]
 SLOWBOOT = "apps.slowboot:app"
@@ -40,8 +41,13 @@ def granted_pids(server: Gunicorn) -> list[int]:
 def test_identically_leaking_workers_retire_within_the_budget(baseline_uss, tmp_path):
     """Drain-first, budget 2, four workers leaking alike: never more than two drain at once, the
     others say they wait, and nothing fails."""
-    env = guard_env(baseline_uss + 30 * MiB, 0.3, MEMGUARD_SPAWN_FIRST="no", MEMGUARD_MAX_CONCURRENT_RETIREMENTS="2",
-                    MEMGUARD_JITTER="0%")
+    env = guard_env(
+        baseline_uss + 30 * MiB,
+        0.3,
+        MEMGUARD_SPAWN_FIRST="no",
+        MEMGUARD_MAX_CONCURRENT_RETIREMENTS="2",
+        MEMGUARD_JITTER="0%",
+    )
     with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=4) as server:
         server.wait_ready()
         watch = FleetWatch(server)
@@ -52,12 +58,15 @@ def test_identically_leaking_workers_retire_within_the_budget(baseline_uss, tmp_
         assert len(server.log_lines("memguard: retiring worker")) >= 8
         assert server.log_lines("serving on until the master gives it a turn")
         assert 1 <= watch.max_draining <= 2, f"{watch.max_draining} workers drained at once"
-        print(f"budget 2: {len(watch.stopped)} retirements, at most {watch.max_draining} at once, {watch.samples} samples")
+        print(
+            f"budget 2: {len(watch.stopped)} retirements, at most {watch.max_draining} at once, {watch.samples} samples"
+        )
 
 
 # gthread on gunicorn < 24 drains from its loop's once-a-second tick, so it recycles more slowly.
-@pytest.mark.parametrize(("worker", "recycles"), [(["-k", "sync"], 10), (["-k", "gthread", "--threads", "2"], 6)],
-                         ids=["sync", "gthread"])
+@pytest.mark.parametrize(
+    ("worker", "recycles"), [(["-k", "sync"], 10), (["-k", "gthread", "--threads", "2"], 6)], ids=["sync", "gthread"]
+)
 def test_spawn_first_keeps_every_configured_worker_serving(worker, recycles, baseline_uss, tmp_path):
     """Budget 1, spawn-first, an app that takes 0.5 s to import: over many recycles (ten for sync),
     sampled every 20 ms, there are always four workers ready to serve and never two draining."""
@@ -98,7 +107,9 @@ def test_a_fast_leak_is_stopped_at_the_hard_limit_while_waiting_for_its_replacem
         peak = max(watch.peak.values())
         # + 6 MiB: a worker's first full garbage collection unshares the pages it inherited from the
         # master (about 5 MiB of USS at once, README "Reclaim before retiring"), whenever it comes
-        assert peak <= hard + chunk + 6 * MiB, f"peak {peak / MiB:.0f} MiB > hard limit {hard / MiB:.0f} MiB + one request"
+        assert peak <= hard + chunk + 6 * MiB, (
+            f"peak {peak / MiB:.0f} MiB > hard limit {hard / MiB:.0f} MiB + one request"
+        )
         print(f"fast leak {rate:.0f} MiB/s: peak uss {peak / MiB:.0f} MiB, hard limit {hard / MiB:.0f} MiB")
 
 
@@ -155,8 +166,12 @@ def test_a_worker_killed_while_holding_a_turn_releases_it(baseline_uss, tmp_path
         poll(lambda: server.log_lines(f"worker pid={victim} left before its turn came"), 10, what="the turn released")
         _settle(server, 2)
         # the budget is free: the next worker over its limit gets its turn
-        poll(lambda: (server.get("/leak?kib=2048"), len(granted_pids(server)) >= 2)[1], 60,
-             interval=0, what="a second retirement")
+        poll(
+            lambda: (server.get("/leak?kib=2048"), len(granted_pids(server)) >= 2)[1],
+            60,
+            interval=0,
+            what="a second retirement",
+        )
 
 
 def test_hup_during_a_spawn_first_recycle_leaves_the_configured_count(baseline_uss, tmp_path):

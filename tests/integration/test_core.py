@@ -14,8 +14,9 @@ import threading
 import psutil
 import pytest
 
-from .conftest import MiB
 from bench.harness import Gunicorn, MemoryWatch, load, poll
+
+from .conftest import MiB
 
 HOOKS = ["-c", "python:gunicorn_memguard.conf"]
 # (label, gunicorn args) for each way a user can adopt memguard on sync and gthread
@@ -66,16 +67,22 @@ def test_leaking_workers_are_retired_gracefully_within_the_limit(mode, baseline_
         for line in retirements:
             assert re.search(r"pid=\d+ age=[\d.]+s requests=\d+ uss=\d+ .* limit=\d+ .* reason=soft_limit", line), line
         # every retired worker exits gracefully, and the master says so
-        poll(lambda: len(server.log_lines("exited gracefully after retirement")) >= len(retirements) - 2,
-             timeout=20, what="graceful exits")
+        poll(
+            lambda: len(server.log_lines("exited gracefully after retirement")) >= len(retirements) - 2,
+            timeout=20,
+            what="graceful exits",
+        )
         # ... counting every request it served, not only those up to its last timer sample
-        retired_at = {pid: int(n) for pid, n in (re.search(r"pid=(\d+) age=\S+ requests=(\d+)", x).groups()
-                                                 for x in retirements)}
+        retired_at = {
+            pid: int(n) for pid, n in (re.search(r"pid=(\d+) age=\S+ requests=(\d+)", x).groups() for x in retirements)
+        }
         for line in server.log_lines("exited gracefully after retirement"):
             pid, served = re.search(r"pid=(\d+) .* requests=(\d+)", line).groups()
             assert int(served) >= retired_at[pid], (line, retired_at[pid])
-        print(f"{mode}: {len(retirements)} retirements, peak uss {peak / MiB:.1f} MiB, "
-              f"limit {limit / MiB:.1f} MiB, {watch.samples} samples")
+        print(
+            f"{mode}: {len(retirements)} retirements, peak uss {peak / MiB:.1f} MiB, "
+            f"limit {limit / MiB:.1f} MiB, {watch.samples} samples"
+        )
 
 
 def test_a_worker_stuck_in_a_long_request_is_seen_by_the_timer(baseline_uss, tmp_path):
@@ -91,8 +98,7 @@ def test_a_worker_stuck_in_a_long_request_is_seen_by_the_timer(baseline_uss, tmp
         assert thread.is_alive(), "the retirement should be decided while the request is still running"
         thread.join(20)
         assert answer == [200]
-        poll(lambda: pid not in server.worker_pids() and len(server.worker_pids()) == 1, timeout=15,
-             what="replacement")
+        poll(lambda: pid not in server.worker_pids() and len(server.worker_pids()) == 1, timeout=15, what="replacement")
 
 
 def test_drain_that_overruns_graceful_timeout_is_bounded_and_logged(baseline_uss, tmp_path):
@@ -114,8 +120,7 @@ def test_drain_that_overruns_graceful_timeout_is_bounded_and_logged(baseline_uss
         poll(lambda: server.get("/leak?kib=81920")[0] == 200, timeout=5)
         poll(lambda: server.log_lines("did not finish draining"), timeout=15, what="drain bound")
         poll(lambda: pid not in server.worker_pids(), timeout=5, what="overrun worker to exit")
-        poll(lambda: server.log_lines(f"worker pid={pid} was made to exit"), timeout=5,
-             what="master's exit report")
+        poll(lambda: server.log_lines(f"worker pid={pid} was made to exit"), timeout=5, what="master's exit report")
         slow.join(40)
         assert cut, "the request that outlived graceful_timeout should have been cut off"
 
@@ -132,8 +137,9 @@ def test_sigkill_without_retirement_is_attributed(tmp_path):
         psutil.Process(pid).send_signal(signal.SIGKILL)
         lines = poll(lambda: server.log_lines(f"worker pid={pid} was killed by SIGKILL (cause unknown"), timeout=10)
         assert "with no retirement in progress; last " in lines[0], lines[0]
-    (exit_event,) = [e for e in map(json.loads, events.read_text().splitlines()) if e["event"] == "exit"
-                     and e["pid"] == pid]
+    (exit_event,) = [
+        e for e in map(json.loads, events.read_text().splitlines()) if e["event"] == "exit" and e["pid"] == pid
+    ]
     assert exit_event["outcome"] == "sigkill" and exit_event["signal"] == "SIGKILL" and exit_event["rss"] > 0
 
 
@@ -149,7 +155,8 @@ def test_bad_setting_stops_gunicorn_before_any_worker_forks(args, tmp_path):
 
 def test_user_hooks_in_a_config_file_are_composed_not_clobbered(baseline_uss, tmp_path):
     conf = tmp_path / "myconf.py"
-    conf.write_text(textwrap.dedent(f"""
+    conf.write_text(
+        textwrap.dedent(f"""
         from gunicorn_memguard.conf import *
 
         memguard_max_memory = "{baseline_uss + 40 * MiB}B"
@@ -160,7 +167,8 @@ def test_user_hooks_in_a_config_file_are_composed_not_clobbered(baseline_uss, tm
 
         def child_exit(server, worker):
             server.log.info("user child_exit ran for %s", worker.pid)
-    """))
+    """)
+    )
     with Gunicorn(["-c", str(conf), "apps.leaky:app"], {}, tmp_path / "g.log", workers=1) as server:
         server.wait_ready()
         (pid,) = server.worker_pids()

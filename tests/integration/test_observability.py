@@ -13,8 +13,9 @@ from collections import Counter
 
 import psutil
 
-from .conftest import MiB
 from bench.harness import Gunicorn, StatsdListener, free_port, load, poll, scrape
+
+from .conftest import MiB
 
 HOOKS = ["-c", "python:gunicorn_memguard.conf"]
 
@@ -47,8 +48,11 @@ def test_prometheus_and_statsd_follow_retirements_under_load(baseline_uss, tmp_p
         with Gunicorn(args, env(limit, MEMGUARD_PROMETHEUS_PORT=str(metrics_port)), tmp_path / "g.log") as server:
             server.wait_ready()
             first = server.worker_pids()
-            before = poll(lambda: (m := scrape(metrics_port)) and set(workers_seen(m).values()) == first and m,
-                          timeout=10, what="both workers in the scrape")
+            before = poll(
+                lambda: (m := scrape(metrics_port)) and set(workers_seen(m).values()) == first and m,
+                timeout=10,
+                what="both workers in the scrape",
+            )
             assert set(workers_seen(before)) == {"0", "1"}, "worker label is the slot, bounded by the worker count"
             assert counter(before, "memguard_retirements_total", reason="soft_limit") == 0
             for pid in first:  # forked workers closed their copy of the master's metrics socket
@@ -58,8 +62,9 @@ def test_prometheus_and_statsd_follow_retirements_under_load(baseline_uss, tmp_p
 
             # load: 240 x 1 MiB over two workers with ~40 MiB of headroom each; scrape all along
             result: list = []
-            loader = threading.Thread(target=lambda: result.append(
-                load(server, "/leak?kib=1024", requests=240, concurrency=4)))
+            loader = threading.Thread(
+                target=lambda: result.append(load(server, "/leak?kib=1024", requests=240, concurrency=4))
+            )
             loader.start()
             scrapes = []
             while loader.is_alive():
@@ -69,18 +74,31 @@ def test_prometheus_and_statsd_follow_retirements_under_load(baseline_uss, tmp_p
             retired = server.log_lines("memguard: retiring worker")
             assert retired, "the load should have retired workers"
 
-            after = poll(lambda: (m := scrape(metrics_port))
-                         and counter(m, "memguard_retirements_total", reason="soft_limit") >= len(retired) and m,
-                         timeout=15, what="retirements counted")
+            after = poll(
+                lambda: (
+                    (m := scrape(metrics_port))
+                    and counter(m, "memguard_retirements_total", reason="soft_limit") >= len(retired)
+                    and m
+                ),
+                timeout=15,
+                what="retirements counted",
+            )
             assert counter(after, "memguard_retirements_total", reason="hard_limit") == 0
             assert counter(after, "memguard_worker_exits_total", outcome="graceful") >= 1
             # counters never went down across the scrapes taken under load
             seen = [counter(m, "memguard_retirements_total", reason="soft_limit") for m in scrapes + [after]]
             assert seen == sorted(seen), seen
             # the per-worker series follow the replacements, under the same bounded labels
-            now = poll(lambda: (m := scrape(metrics_port)) and set(workers_seen(m).values()) == server.worker_pids()
-                       and len(m.get("memguard_worker_memory_bytes", {})) == len(workers_seen(m))  # first read done
-                       and m, timeout=15, what="scrape to show the current workers")
+            now = poll(
+                lambda: (
+                    (m := scrape(metrics_port))
+                    and set(workers_seen(m).values()) == server.worker_pids()
+                    and len(m.get("memguard_worker_memory_bytes", {})) == len(workers_seen(m))  # first read done
+                    and m
+                ),
+                timeout=15,
+                what="scrape to show the current workers",
+            )
             assert set(workers_seen(now)) <= {"0", "1", "2", "3"}
             assert set(workers_seen(now).values()) - first, "a replacement worker should be in the scrape"
             for label, pid in workers_seen(now).items():
@@ -90,14 +108,19 @@ def test_prometheus_and_statsd_follow_retirements_under_load(baseline_uss, tmp_p
                 assert 0 < uss < now["memguard_worker_rss_bytes"][(("worker", label),)]  # USS, not an RSS bound
 
             # statsd: the same figures through gunicorn's statsd channel, with the user's prefix
-            poll(lambda: statsd.matching("app.memguard.retirements.soft_limit:1|c"), timeout=10,
-                 what="retirement counter at statsd")
+            poll(
+                lambda: statsd.matching("app.memguard.retirements.soft_limit:1|c"),
+                timeout=10,
+                what="retirement counter at statsd",
+            )
             poll(lambda: statsd.matching("app.memguard.exits.graceful:1|c"), timeout=10, what="exit counter")
             gauges = poll(lambda: statsd.matching("app.memguard.worker.0.memory:"), timeout=10, what="gauges")
             assert re.fullmatch(r"app\.memguard\.worker\.0\.memory:\d+\|g", gauges[0]), gauges[0]
             assert statsd.matching("app.memguard.worker.1.limit:")
-            print(f"{len(retired)} retirements, {len(scrapes)} scrapes under load, "
-                  f"{len(statsd.datagrams)} statsd datagrams")
+            print(
+                f"{len(retired)} retirements, {len(scrapes)} scrapes under load, "
+                f"{len(statsd.datagrams)} statsd datagrams"
+            )
     finally:
         statsd.close()
 
@@ -106,8 +129,13 @@ def test_dry_run_retires_nothing_and_reports_what_it_would_do(baseline_uss, tmp_
     events = tmp_path / "events.jsonl"
     metrics_port = free_port()
     limit = baseline_uss + 20 * MiB
-    settings = env(limit, MEMGUARD_DRY_RUN="1", MEMGUARD_HARD_MAX_MEMORY=f"{limit + 20 * MiB}B",
-                   MEMGUARD_EVENT_LOG=str(events), MEMGUARD_PROMETHEUS_PORT=str(metrics_port))
+    settings = env(
+        limit,
+        MEMGUARD_DRY_RUN="1",
+        MEMGUARD_HARD_MAX_MEMORY=f"{limit + 20 * MiB}B",
+        MEMGUARD_EVENT_LOG=str(events),
+        MEMGUARD_PROMETHEUS_PORT=str(metrics_port),
+    )
     with Gunicorn([*HOOKS, "apps.leaky:app"], settings, tmp_path / "g.log") as server:
         server.wait_ready()
         first = server.worker_pids()
@@ -146,8 +174,12 @@ def _events(path) -> list[dict]:
 
 def test_event_log_from_several_workers_has_no_torn_lines(tmp_path):
     events = tmp_path / "events.jsonl"
-    settings = {"MEMGUARD_EVENT_LOG": str(events), "MEMGUARD_CHECK_INTERVAL": "10ms",
-                "MEMGUARD_REPORT_INTERVAL": "10ms", "MEMGUARD_MAX_MEMORY": "1GiB"}
+    settings = {
+        "MEMGUARD_EVENT_LOG": str(events),
+        "MEMGUARD_CHECK_INTERVAL": "10ms",
+        "MEMGUARD_REPORT_INTERVAL": "10ms",
+        "MEMGUARD_MAX_MEMORY": "1GiB",
+    }
     with Gunicorn([*HOOKS, "apps.leaky:app"], settings, tmp_path / "g.log", workers=4) as server:
         server.wait_ready()
         poll(lambda: events.stat().st_size > 3000 * 200, timeout=60, interval=0.5, what="thousands of events")

@@ -32,24 +32,30 @@ GROWTH = {
 
 @pytest.mark.parametrize("worker", [["-k", "sync"], ["-k", "gthread", "--threads", "4"]], ids=["sync", "gthread"])
 def test_slow_leak_is_retired_for_growth_and_a_bounded_cache_never(worker, tmp_path):
-    leaking = Gunicorn([*HOOKS, *worker, APP], {**GROWTH, "SHAPE_LEAK_KIB_PER_S": "4096"}, tmp_path / "leak.log",
-                       workers=1)
-    caching = Gunicorn([*HOOKS, *worker, APP], {**GROWTH, "SHAPE_CACHE_MIB": "40"}, tmp_path / "cache.log",
-                       workers=1)
+    leaking = Gunicorn(
+        [*HOOKS, *worker, APP], {**GROWTH, "SHAPE_LEAK_KIB_PER_S": "4096"}, tmp_path / "leak.log", workers=1
+    )
+    caching = Gunicorn([*HOOKS, *worker, APP], {**GROWTH, "SHAPE_CACHE_MIB": "40"}, tmp_path / "cache.log", workers=1)
     with leaking, caching:
         leaking.wait_ready()
         caching.wait_ready()
         cache_pids = caching.worker_pids()
         started = time.monotonic()
-        (line,) = poll(lambda: [x for x in leaking.log_lines("retiring worker") if "reason=growth_rate" in x], 40,
-                       what="a growth-rate retirement")[:1]
+        (line,) = poll(
+            lambda: [x for x in leaking.log_lines("retiring worker") if "reason=growth_rate" in x],
+            40,
+            what="a growth-rate retirement",
+        )[:1]
         caught_after = time.monotonic() - started
         rate = float(re.search(r"floor grew ([0-9.]+) GiB/h over the last 6s, > max 3.5 GiB/h", line).group(1))
         assert 7 <= rate <= 28, line  # the app leaks 4 MiB/s = 14.1 GiB/h; the limit is 1 MiB/s
         uss = int(re.search(r"uss=(\d+)", line).group(1))
         assert uss < 300 * MiB, "retired for growth long before the absolute limit"
-        poll(lambda: leaking.log_lines("exited gracefully after retirement reason=growth_rate"), 20,
-             what="the leaking worker to exit gracefully")
+        poll(
+            lambda: leaking.log_lines("exited gracefully after retirement reason=growth_rate"),
+            20,
+            what="the leaking worker to exit gracefully",
+        )
         # The cache server has now run through its grace, a full window and more, at settings
         # that just caught a leak: its worker is still the first one.
         poll(lambda: time.monotonic() - started > max(caught_after, 8.0) + 2.0, 30, what="a window past the catch")
@@ -69,9 +75,12 @@ def test_reclaimable_memory_is_reclaimed_instead_of_retiring(baseline_uss, tmp_p
         "MEMGUARD_RECLAIM_INTERVAL": "1s",
     }
     events = tmp_path / "events.jsonl"
-    with Gunicorn([*HOOKS, APP], {**env, "MEMGUARD_EVENT_LOG": str(events)}, tmp_path / "reclaim.log",
-                  workers=1) as server, \
-            Gunicorn([*HOOKS, APP], {**env, "MEMGUARD_RECLAIM": "no"}, tmp_path / "control.log", workers=1) as control:
+    with (
+        Gunicorn(
+            [*HOOKS, APP], {**env, "MEMGUARD_EVENT_LOG": str(events)}, tmp_path / "reclaim.log", workers=1
+        ) as server,
+        Gunicorn([*HOOKS, APP], {**env, "MEMGUARD_RECLAIM": "no"}, tmp_path / "control.log", workers=1) as control,
+    ):
         server.wait_ready()
         control.wait_ready()
         pids = server.worker_pids()
@@ -135,15 +144,21 @@ def test_percent_limits_follow_the_worker_count(tmp_path):
         if "no container limit" not in line:
             assert "cgroup" in line
         server.master.send_signal(signal.SIGTTIN)
-        (line3,) = poll(lambda: [x for x in server.log_lines("per-worker limits") if "/ 3 workers" in x], 15,
-                        what="the limits re-resolved for 3 workers")
+        (line3,) = poll(
+            lambda: [x for x in server.log_lines("per-worker limits") if "/ 3 workers" in x],
+            15,
+            what="the limits re-resolved for 3 workers",
+        )
         three = float(re.search(r"limit 50% = ([0-9.]+) (G|M)iB", line3).group(1))
         assert three == pytest.approx(two * 2 / 3, rel=0.02)
         # both workers that were already running picked up the new limit
         poll(lambda: len(server.log_lines("now has limit")) >= 2, 10, what="live workers to pick up the limit")
         server.master.send_signal(signal.SIGTTOU)
-        poll(lambda: [x for x in server.log_lines("per-worker limits") if "/ 2 workers" in x][1:], 15,
-             what="the limits re-resolved for 2 workers again after TTOU")
+        poll(
+            lambda: [x for x in server.log_lines("per-worker limits") if "/ 2 workers" in x][1:],
+            15,
+            what="the limits re-resolved for 2 workers again after TTOU",
+        )
         poll(lambda: len(server.log_lines("now has limit")) >= 4, 10, what="the 2 remaining workers to follow")
 
 
@@ -161,8 +176,14 @@ def test_retirements_faster_than_the_rate_trip_the_breaker_and_serving_goes_on(b
         assert "[ERROR]" in error and "more than 2 soft-limit/growth retirements per worker within 1m" in error
         retired = len(server.log_lines("retiring worker"))
         assert retired in (3, 4), "trips on the third; one more may have begun as it tripped"
-        poll(lambda: len(server.log_lines("exited gracefully after retirement")) == retired
-             and len(server.worker_pids()) == 1, 15, what="the last retired worker to be replaced")
+        poll(
+            lambda: (
+                len(server.log_lines("exited gracefully after retirement")) == retired
+                and len(server.worker_pids()) == 1
+            ),
+            15,
+            what="the last retired worker to be replaced",
+        )
         pid = server.worker_pids()
         deadline = time.monotonic() + 3.0  # the leak goes on: ~60 MiB past the limit, and no retirement
         while time.monotonic() < deadline:

@@ -9,13 +9,14 @@ import random
 
 import pytest
 
-from gunicorn_memguard.breaker import RetirementRate, starts_near_limit, starts_well_below
-from gunicorn_memguard.budget import PAUSE_BASELINE, PAUSE_RATE, SharedBudget, per_worker, resolve
 from gunicorn_memguard.policy import Sample, build_policy
+from gunicorn_memguard.policy.breaker import RetirementRate, starts_near_limit, starts_well_below
+from gunicorn_memguard.policy.percentages import per_worker, resolve
 from gunicorn_memguard.probes.cgroup import ContainerMemory, MemoryCgroup, read_container_memory
-from gunicorn_memguard.reclaim import Reclaimer
 from gunicorn_memguard.settings import SettingsError, load_settings
+from gunicorn_memguard.shared.limits import PAUSE_BASELINE, PAUSE_RATE, SharedLimits
 from gunicorn_memguard.units import Share
+from gunicorn_memguard.worker.reclaim import Reclaimer
 
 from .test_cgroup import MEMINFO, PROC_MOUNT, V2_MOUNT, make_tree
 
@@ -45,18 +46,21 @@ def test_without_a_container_limit_percentages_are_of_host_memory_and_say_so():
 
 def test_resolve_from_a_cgroup_v2_fixture_tree(tmp_path):
     cg = "/sys/fs/cgroup/kubepods/pod1"
-    root = make_tree(tmp_path, {
-        "/proc/meminfo": MEMINFO,
-        "/proc/self/cgroup": "0::/kubepods/pod1\n",
-        "/proc/self/mountinfo": PROC_MOUNT + V2_MOUNT,
-        f"{cg}/memory.max": f"{2 * GiB}\n",
-    })
+    root = make_tree(
+        tmp_path,
+        {
+            "/proc/meminfo": MEMINFO,
+            "/proc/self/cgroup": "0::/kubepods/pod1\n",
+            "/proc/self/mountinfo": PROC_MOUNT + V2_MOUNT,
+            f"{cg}/memory.max": f"{2 * GiB}\n",
+        },
+    )
     resolved = resolve(Share(0.75), None, read_container_memory(root), 0, 3)
     assert resolved.soft == 512 * MiB
 
 
 def test_shared_budget_crosses_fork():
-    budget = SharedBudget()
+    budget = SharedLimits()
     pid = os.fork()
     if pid == 0:
         budget.set_limits(100, 200)
@@ -82,8 +86,9 @@ def test_retirement_rate_trips_above_its_count_per_worker_and_recovers():
 
 
 def test_policy_retarget_and_pause():
-    policy, _ = build_policy(metric="uss", soft=100 * MiB, hard=200 * MiB, jitter=0.0, min_lifetime=0, born=0,
-                                rng=random.Random(0))
+    policy, _ = build_policy(
+        metric="uss", soft=100 * MiB, hard=200 * MiB, jitter=0.0, min_lifetime=0, born=0, rng=random.Random(0)
+    )
     policy.retarget(50 * MiB, 150 * MiB)
     assert policy.floor == 50 * MiB
     assert [policy.judge(Sample(t, 60 * MiB)).reason for t in (1, 2)] == ["", "soft_limit"]
@@ -113,21 +118,32 @@ def test_reclaim_gives_freed_glibc_heap_back():
 
 
 def test_new_settings_parse_and_refuse_bad_values():
-    s = load_settings({"MEMGUARD_MAX_MEMORY": "80%", "MEMGUARD_MAX_GROWTH": "50MiB/h",
-                       "MEMGUARD_MAX_RETIREMENTS": "off"}, {"memguard_hard_max_memory": "90%"})
+    s = load_settings(
+        {"MEMGUARD_MAX_MEMORY": "80%", "MEMGUARD_MAX_GROWTH": "50MiB/h", "MEMGUARD_MAX_RETIREMENTS": "off"},
+        {"memguard_hard_max_memory": "90%"},
+    )
     assert s.max_memory == Share(0.8) and s.hard_max_memory == Share(0.9)
     assert s.max_growth == pytest.approx(50 * MiB / 3600) and s.max_retirements is None
     assert (s.growth_window, s.growth_grace, s.growth_interval, s.reclaim) == (5400, 600, 30, True)
     with pytest.raises(SettingsError) as err:
-        load_settings({"MEMGUARD_MAX_MEMORY": "90%", "MEMGUARD_HARD_MAX_MEMORY": "80%",
-                       "MEMGUARD_MAX_GROWTH": "50MiB", "MEMGUARD_MAX_RETIREMENTS": "ten/1h",
-                       "MEMGUARD_GROWTH_WINDOW": "10m", "MEMGUARD_GROWTH_INTERVAL": "1m"}, {})
+        load_settings(
+            {
+                "MEMGUARD_MAX_MEMORY": "90%",
+                "MEMGUARD_HARD_MAX_MEMORY": "80%",
+                "MEMGUARD_MAX_GROWTH": "50MiB",
+                "MEMGUARD_MAX_RETIREMENTS": "ten/1h",
+                "MEMGUARD_GROWTH_WINDOW": "10m",
+                "MEMGUARD_GROWTH_INTERVAL": "1m",
+            },
+            {},
+        )
     text = str(err.value)
     assert "MEMGUARD_MAX_GROWTH='50MiB' is invalid: expected a size per time unit" in text
     assert "MEMGUARD_MAX_RETIREMENTS='ten/1h' is invalid" in text
     assert "HARD_MAX_MEMORY (80%) is below MEMGUARD_MAX_MEMORY (90%)" in text
     with pytest.raises(SettingsError, match="at most 20s"):
-        load_settings({"MEMGUARD_MAX_GROWTH": "1MiB/m", "MEMGUARD_GROWTH_WINDOW": "10m",
-                       "MEMGUARD_GROWTH_INTERVAL": "1m"}, {})
+        load_settings(
+            {"MEMGUARD_MAX_GROWTH": "1MiB/m", "MEMGUARD_GROWTH_WINDOW": "10m", "MEMGUARD_GROWTH_INTERVAL": "1m"}, {}
+        )
     with pytest.raises(SettingsError, match="at most 100%"):
         load_settings({"MEMGUARD_MAX_MEMORY": "150%"}, {})

@@ -11,12 +11,12 @@ from gunicorn_memguard.probes.cgroup import (
     ContainerMemory,
     MemoryCgroup,
     find_memory_cgroup,
-    format_bytes,
     read_container_memory,
     read_oom_kill_count,
     read_usage,
     read_working_set,
 )
+from gunicorn_memguard.units import format_size
 
 GIB = 2**30
 MEMINFO_KB = 16 * 1024 * 1024  # 16 GiB host
@@ -421,8 +421,8 @@ def test_end_to_end_counters_via_find(tmp_path: Path) -> None:
     ("size", "text"),
     [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536 * 2**20, "1.5 GiB"), (3 * 2**40, "3.0 TiB")],
 )
-def test_format_bytes(size: int, text: str) -> None:
-    assert format_bytes(size) == text
+def test_format_size(size: int, text: str) -> None:
+    assert format_size(size) == text
 
 
 def test_real_host() -> None:

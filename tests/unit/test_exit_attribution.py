@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gunicorn_memguard.events import Death, exit_report
-from gunicorn_memguard.master import OomWatch
+from gunicorn_memguard.master.runtime import OomWatch
 from gunicorn_memguard.probes.cgroup import find_memory_cgroup
-from gunicorn_memguard.scoreboard import SlotView, State
+from gunicorn_memguard.report.lines import Death, exit_report
+from gunicorn_memguard.shared.scoreboard import SlotView, State
 
 from .test_cgroup import PROC_MOUNT, V1_MEMORY_MOUNT, V2_MOUNT, make_tree
 
@@ -20,20 +20,46 @@ KILLED = Death(signal.SIGKILL, None)
 
 
 def slot(state: State = State.RUNNING, retire_started: float = 0.0, reason: str = "") -> SlotView:
-    return SlotView(pid=42, state=state, born=100.0, updated=110.0, value=300 * MiB, rss=310 * MiB,
-                    limit=256 * MiB, requests=7, retire_started=retire_started, reason=reason, would_retire=0, exact=0, exact_at=0.0,
-                    growth=float("nan"), reclaimed=0)
+    return SlotView(
+        pid=42,
+        state=state,
+        born=100.0,
+        updated=110.0,
+        value=300 * MiB,
+        rss=310 * MiB,
+        limit=256 * MiB,
+        requests=7,
+        retire_started=retire_started,
+        reason=reason,
+        would_retire=0,
+        exact=0,
+        exact_at=0.0,
+        growth=float("nan"),
+        reclaimed=0,
+    )
 
 
 V2_EVENTS = "/sys/fs/cgroup/app/memory.events"
 V1_OOM_CONTROL = "/sys/fs/cgroup/memory/app/memory.oom_control"
 TREES = {
-    "v2": ({"/proc/self/cgroup": "0::/app\n", "/proc/self/mountinfo": PROC_MOUNT + V2_MOUNT,
-            "/sys/fs/cgroup/app/memory.max": "1073741824\n"},
-           V2_EVENTS, "low 0\nhigh 0\nmax 9\noom 1\noom_kill {n}\noom_group_kill 0\n"),
-    "v1": ({"/proc/self/cgroup": "9:memory:/app\n", "/proc/self/mountinfo": PROC_MOUNT + V1_MEMORY_MOUNT,
-            "/sys/fs/cgroup/memory/app/memory.limit_in_bytes": "1073741824\n"},
-           V1_OOM_CONTROL, "oom_kill_disable 0\nunder_oom 0\noom_kill {n}\n"),
+    "v2": (
+        {
+            "/proc/self/cgroup": "0::/app\n",
+            "/proc/self/mountinfo": PROC_MOUNT + V2_MOUNT,
+            "/sys/fs/cgroup/app/memory.max": "1073741824\n",
+        },
+        V2_EVENTS,
+        "low 0\nhigh 0\nmax 9\noom 1\noom_kill {n}\noom_group_kill 0\n",
+    ),
+    "v1": (
+        {
+            "/proc/self/cgroup": "9:memory:/app\n",
+            "/proc/self/mountinfo": PROC_MOUNT + V1_MEMORY_MOUNT,
+            "/sys/fs/cgroup/memory/app/memory.limit_in_bytes": "1073741824\n",
+        },
+        V1_OOM_CONTROL,
+        "oom_kill_disable 0\nunder_oom 0\noom_kill {n}\n",
+    ),
 }
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from gunicorn_memguard.fleet import Candidate, free_turns, has_room, largest_over_budget, retirement_order
+from gunicorn_memguard.policy.fleet import Candidate, free_turns, has_room, largest_over_budget, retirement_order
 from gunicorn_memguard.settings import SettingsError, TotalMemory, load_settings
 
 MiB = 2**20
@@ -41,8 +41,10 @@ def test_largest_over_budget():
 
 
 def test_coordination_settings():
-    settings = load_settings({"MEMGUARD_MAX_CONCURRENT_RETIREMENTS": "3", "MEMGUARD_SPAWN_FIRST": "off"},
-                             {"memguard_max_total_memory": "75%"})
+    settings = load_settings(
+        {"MEMGUARD_MAX_CONCURRENT_RETIREMENTS": "3", "MEMGUARD_SPAWN_FIRST": "off"},
+        {"memguard_max_total_memory": "75%"},
+    )
     assert settings.max_concurrent_retirements == 3 and settings.spawn_first is False
     assert settings.max_total_memory == TotalMemory(share=0.75)
     assert settings.max_total_memory.resolve(4 * 2**30) == 3 * 2**30
@@ -51,13 +53,16 @@ def test_coordination_settings():
     assert (defaults.max_concurrent_retirements, defaults.spawn_first, defaults.max_total_memory) == (1, True, None)
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
-    ("MEMGUARD_MAX_CONCURRENT_RETIREMENTS", "0", "at least 1"),
-    ("MEMGUARD_MAX_CONCURRENT_RETIREMENTS", "two", "whole number"),
-    ("MEMGUARD_MAX_TOTAL_MEMORY", "2048", "did you mean '2048MiB'"),
-    ("MEMGUARD_MAX_TOTAL_MEMORY", "120%", "at most 100%"),
-    ("MEMGUARD_SPAWN_FIRST", "maybe", "yes/no"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MEMGUARD_MAX_CONCURRENT_RETIREMENTS", "0", "at least 1"),
+        ("MEMGUARD_MAX_CONCURRENT_RETIREMENTS", "two", "whole number"),
+        ("MEMGUARD_MAX_TOTAL_MEMORY", "2048", "did you mean '2048MiB'"),
+        ("MEMGUARD_MAX_TOTAL_MEMORY", "120%", "at most 100%"),
+        ("MEMGUARD_SPAWN_FIRST", "maybe", "yes/no"),
+    ],
+)
 def test_bad_coordination_settings_name_the_setting_and_the_form(name, value, message):
     with pytest.raises(SettingsError) as caught:
         load_settings({name: value}, {})

@@ -6,12 +6,12 @@ Samples every 30 s with the default window (90 min), grace (10 min) and interval
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from gunicorn_memguard.growth import GrowthMonitor
 from gunicorn_memguard.policy import Action, Growth, Sample, build_policy
+from gunicorn_memguard.policy.growth import GrowthMonitor
 
 MiB = 2**20
 HOUR = 3600.0
@@ -151,8 +151,9 @@ def test_the_guard_is_asked_for_one_exact_sample_per_interval_after_grace():
 def test_policy_with_growth_retires_and_a_paused_policy_does_not():
     growth = Growth(max_rate=LIMIT, window=90 * 60, grace=600, interval=30)
     for paused in (False, True):
-        policy, _ = build_policy(metric="uss", soft=None, hard=None, jitter=0.0, min_lifetime=0, born=0,
-                                 rng=random.Random(0), growth=growth)
+        policy, _ = build_policy(
+            metric="uss", soft=None, hard=None, jitter=0.0, min_lifetime=0, born=0, rng=random.Random(0), growth=growth
+        )
         policy.paused = paused
         verdicts = [policy.judge(Sample(t, v)) for t, v in linear_leak(100 * MiB / HOUR)(random.Random(2))]
         assert any(v.retires for v in verdicts) is not paused

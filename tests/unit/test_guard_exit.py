@@ -6,9 +6,9 @@ import types
 
 import pytest
 
-from gunicorn_memguard.guard import Guard
-from gunicorn_memguard.scoreboard import Scoreboard, State
 from gunicorn_memguard.settings import Settings
+from gunicorn_memguard.shared.scoreboard import Scoreboard, State
+from gunicorn_memguard.worker.guard import Guard
 
 
 class Log:
@@ -28,8 +28,15 @@ def test_exit_after_retirement_is_an_overrun_only_past_graceful_timeout(graceful
     board, log, retired = Scoreboard(slots=1), Log(), []
     slot = board.claim()
     # a 1 MiB hard limit: this test process is over it, so the first check retires
-    guard = Guard(worker, Settings(hard_max_memory=2**20), lambda: retired.append(True), log, board, slot,
-                  start_thread=lambda target: None)
+    guard = Guard(
+        worker,
+        Settings(hard_max_memory=2**20),
+        lambda: retired.append(True),
+        log,
+        board,
+        slot,
+        start_thread=lambda target: None,
+    )
     guard.after_request()
     assert retired == [True]
     guard.worker_exited()

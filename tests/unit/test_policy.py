@@ -8,8 +8,9 @@ MiB = 2**20
 
 
 def policy(soft=100 * MiB, hard=None, jitter=0.0, min_lifetime=0.0, seed=1):
-    return build_policy(metric="uss", soft=soft, hard=hard, jitter=jitter, min_lifetime=min_lifetime,
-                        born=0.0, rng=random.Random(seed))
+    return build_policy(
+        metric="uss", soft=soft, hard=hard, jitter=jitter, min_lifetime=min_lifetime, born=0.0, rng=random.Random(seed)
+    )
 
 
 def run(pol, trace, step=1.0, exact=True):
@@ -54,8 +55,9 @@ def test_hard_limit_retires_at_once_even_when_young():
 def test_min_lifetime_defers_the_soft_limit_only():
     pol, _ = policy(min_lifetime=60)
     # samples at t=100.. with born=0 are all older than 60 s: make a young policy instead
-    young, _ = build_policy(metric="rss", soft=100 * MiB, hard=None, jitter=0.0, min_lifetime=60,
-                            born=100.0, rng=random.Random(1))
+    young, _ = build_policy(
+        metric="rss", soft=100 * MiB, hard=None, jitter=0.0, min_lifetime=60, born=100.0, rng=random.Random(1)
+    )
     index, verdict = run(young, [150] * 120)
     assert index == 60 and verdict.reason == "soft_limit"  # first sample at age >= 60 s
     assert run(pol, [150, 150])[0] == 1
@@ -72,8 +74,7 @@ def test_upper_bounds_below_the_limit_reset_the_strikes():
 def test_clears_is_the_lowest_limit():
     pol, effective = policy(soft=100 * MiB, hard=120 * MiB)
     assert pol.clears(100 * MiB) and not pol.clears(100 * MiB + 1)
-    pol, _ = build_policy(metric="rss", soft=None, hard=None, jitter=0.1, min_lifetime=0, born=0,
-                          rng=random.Random(1))
+    pol, _ = build_policy(metric="rss", soft=None, hard=None, jitter=0.1, min_lifetime=0, born=0, rng=random.Random(1))
     assert pol.clears(10**15) and not pol.judge(Sample(1, 10**15)).retires
 
 

@@ -15,34 +15,39 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness import StatsdListener, poll
-from gunicorn_memguard.budget import PAUSE_RATE, SharedBudget
-from gunicorn_memguard.eventlog import SCHEMA_VERSION, EventLog
-from gunicorn_memguard.prometheus import ScoreboardCollector
-from gunicorn_memguard.scoreboard import Scoreboard, decode_reasons, encode_reasons
+from gunicorn_memguard.report.eventlog import SCHEMA_VERSION, EventLog
+from gunicorn_memguard.report.prometheus import ScoreboardCollector
+from gunicorn_memguard.report.tally import Tally
+from gunicorn_memguard.report.telemetry import Telemetry
 from gunicorn_memguard.settings import Settings, SettingsError, load_settings
-from gunicorn_memguard.tally import Tally
-from gunicorn_memguard.telemetry import Telemetry
+from gunicorn_memguard.shared.limits import PAUSE_RATE, SharedLimits
+from gunicorn_memguard.shared.scoreboard import Scoreboard, decode_reasons, encode_reasons
 
 MiB = 2**20
 
 
 # -- settings -------------------------------------------------------------------------------
 def test_observability_settings():
-    settings = load_settings({"MEMGUARD_DRY_RUN": "yes", "MEMGUARD_PROMETHEUS_PORT": "9300"},
-                             {"memguard_event_log": "events.jsonl", "memguard_prometheus_address": "::1"})
+    settings = load_settings(
+        {"MEMGUARD_DRY_RUN": "yes", "MEMGUARD_PROMETHEUS_PORT": "9300"},
+        {"memguard_event_log": "events.jsonl", "memguard_prometheus_address": "::1"},
+    )
     assert settings.dry_run and settings.prometheus_port == 9300 and settings.prometheus_address == "::1"
     assert settings.event_log == "events.jsonl" and settings.report_interval == 10.0
     defaults = Settings()
     assert not defaults.dry_run and defaults.prometheus_port is None and defaults.prometheus_address == "127.0.0.1"
 
 
-@pytest.mark.parametrize("name,value,form", [
-    ("MEMGUARD_PROMETHEUS_PORT", "http", "a TCP port number from 1 to 65535"),
-    ("MEMGUARD_PROMETHEUS_PORT", "70000", "a TCP port number from 1 to 65535"),
-    ("MEMGUARD_PROMETHEUS_ADDRESS", "localhost", "an IP address"),
-    ("MEMGUARD_REPORT_INTERVAL", "10", "did you mean '10s'"),
-    ("MEMGUARD_DRY_RUN", "maybe", "one of 1/0"),
-])
+@pytest.mark.parametrize(
+    "name,value,form",
+    [
+        ("MEMGUARD_PROMETHEUS_PORT", "http", "a TCP port number from 1 to 65535"),
+        ("MEMGUARD_PROMETHEUS_PORT", "70000", "a TCP port number from 1 to 65535"),
+        ("MEMGUARD_PROMETHEUS_ADDRESS", "localhost", "an IP address"),
+        ("MEMGUARD_REPORT_INTERVAL", "10", "did you mean '10s'"),
+        ("MEMGUARD_DRY_RUN", "maybe", "one of 1/0"),
+    ],
+)
 def test_bad_observability_settings_name_the_value_and_form(name, value, form):
     with pytest.raises(SettingsError) as err:
         load_settings({name: value}, {})
@@ -90,17 +95,34 @@ def test_statsd_goes_through_gunicorns_logger_with_its_prefix():
         cfg.set("statsd_host", f"127.0.0.1:{listener.port}")
         cfg.set("statsd_prefix", "web")
         telemetry = Telemetry(None, Statsd(cfg), cfg)
-        telemetry.sample(pid=1, worker=3, age=5.0, requests=9, metric="uss", value=100, rss=120, limit=None,
-                         growth=12.5)
+        telemetry.sample(
+            pid=1, worker=3, age=5.0, requests=9, metric="uss", value=100, rss=120, limit=None, growth=12.5
+        )
         telemetry.reclaim(pid=1, worker=3, before=500, after=200, took=0.01, how="gc.collect")
         telemetry.breaker_trip(pid=1, why="rate", detail="")
-        telemetry.retirement(dry_run=True, pid=1, worker=3, age=5.0, requests=9, metric="uss", value=100,
-                             limit=90, reason="soft_limit", detail="")
-        expected = {"web.memguard.worker.3.memory:100|g", "web.memguard.worker.3.rss:120|g",
-                    "web.memguard.worker.3.limit:0|g", "web.memguard.worker.3.requests:9|g",
-                    "web.memguard.worker.3.age:5.0|g", "web.memguard.would_retire.soft_limit:1|c|@1.0",
-                    "web.memguard.worker.3.growth:12.5|g", "web.memguard.reclaimed:300|c|@1.0",
-                    "web.memguard.breaker.trips:1|c|@1.0"}
+        telemetry.retirement(
+            dry_run=True,
+            pid=1,
+            worker=3,
+            age=5.0,
+            requests=9,
+            metric="uss",
+            value=100,
+            limit=90,
+            reason="soft_limit",
+            detail="",
+        )
+        expected = {
+            "web.memguard.worker.3.memory:100|g",
+            "web.memguard.worker.3.rss:120|g",
+            "web.memguard.worker.3.limit:0|g",
+            "web.memguard.worker.3.requests:9|g",
+            "web.memguard.worker.3.age:5.0|g",
+            "web.memguard.would_retire.soft_limit:1|c|@1.0",
+            "web.memguard.worker.3.growth:12.5|g",
+            "web.memguard.reclaimed:300|c|@1.0",
+            "web.memguard.breaker.trips:1|c|@1.0",
+        }
         poll(lambda: expected <= set(listener.datagrams), timeout=5, what=f"{expected} in {listener.datagrams}")
     finally:
         listener.close()
@@ -143,7 +165,9 @@ def test_collector_reads_the_scoreboard_and_counters_survive_the_exit():
     assert live["memguard_worker_retiring"] == {(("worker", "0"),): 0, (("worker", "1"),): 1}
     assert live["memguard_retirements_total"][(("reason", "soft_limit"),)] == 1
     assert live["memguard_would_retire_total"] == {
-        (("reason", "hard_limit"),): 1, (("reason", "soft_limit"),): 1, (("reason", "growth_rate"),): 0,
+        (("reason", "hard_limit"),): 1,
+        (("reason", "soft_limit"),): 1,
+        (("reason", "growth_rate"),): 0,
     }
     assert live["memguard_dry_run"][()] == 1 and live["memguard_limit_bytes"] == {(("kind", "soft"),): 256 * MiB}
 
@@ -161,7 +185,7 @@ def test_collector_reads_the_scoreboard_and_counters_survive_the_exit():
 
 
 def test_collector_shows_growth_reclaim_breaker_and_resolved_limits():
-    board, tally, budget = Scoreboard(slots=4), Tally(), SharedBudget()
+    board, tally, budget = Scoreboard(slots=4), Tally(), SharedLimits()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ScoreboardCollector(board, tally, Settings(), budget))
     budget.set_limits(300 * MiB, 400 * MiB)  # e.g. resolved from MEMGUARD_MAX_MEMORY=80%
@@ -214,14 +238,20 @@ class WarningsToo(RecordingLog):
 def test_a_failing_reporter_turns_itself_off_and_the_guard_still_acts(dry_run):
     from types import SimpleNamespace
 
-    from gunicorn_memguard.guard import Guard
+    from gunicorn_memguard.worker.guard import Guard
 
     retired: list[bool] = []
     log = WarningsToo()
-    guard = Guard(SimpleNamespace(nr=0, cfg=SimpleNamespace(graceful_timeout=1)),
-                  Settings(hard_max_memory=1, metric="rss", report_interval=0.01, dry_run=dry_run),
-                  lambda: retired.append(True), log, None, None, start_thread=lambda target: None,
-                  telemetry=BrokenTelemetry())
+    guard = Guard(
+        SimpleNamespace(nr=0, cfg=SimpleNamespace(graceful_timeout=1)),
+        Settings(hard_max_memory=1, metric="rss", report_interval=0.01, dry_run=dry_run),
+        lambda: retired.append(True),
+        log,
+        None,
+        None,
+        start_thread=lambda target: None,
+        telemetry=BrokenTelemetry(),
+    )
     guard._check(from_timer=True)  # any RSS is over a 1-byte hard limit
     assert retired == ([] if dry_run else [True])
     assert guard.telemetry is None and len(log.errors) == 1 and "reporting failed" in log.errors[0]

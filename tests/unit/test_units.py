@@ -12,8 +12,15 @@ from gunicorn_memguard.units import (
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("512MiB", 512 * 2**20), ("1.5GiB", int(1.5 * 2**30)), ("100MB", 10**8), ("64KiB", 65536),
-     ("4096B", 4096), (" 2 gib ", 2 * 2**30), ("1kb", 1000)],
+    [
+        ("512MiB", 512 * 2**20),
+        ("1.5GiB", int(1.5 * 2**30)),
+        ("100MB", 10**8),
+        ("64KiB", 65536),
+        ("4096B", 4096),
+        (" 2 gib ", 2 * 2**30),
+        ("1kb", 1000),
+    ],
 )
 def test_sizes_with_units(text, expected):
     assert parse_size(text) == expected
@@ -32,7 +39,9 @@ def test_malformed_sizes_name_the_accepted_form(bad):
         parse_size(bad)
 
 
-@pytest.mark.parametrize("text, seconds", [("30s", 30), ("5m", 300), ("1h", 3600), ("250ms", 0.25), ("1.5s", 1.5), ("2d", 172800)])
+@pytest.mark.parametrize(
+    "text, seconds", [("30s", 30), ("5m", 300), ("1h", 3600), ("250ms", 0.25), ("1.5s", 1.5), ("2d", 172800)]
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 

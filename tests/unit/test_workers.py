@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gunicorn_memguard import native
+from gunicorn_memguard.worker import native
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -19,7 +19,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_importing_memguard_imports_neither_gevent_nor_uvicorn():
     out = run_python(
         "import sys, gunicorn_memguard, gunicorn_memguard.conf, gunicorn_memguard.workers, "
-        "gunicorn_memguard.retire, gunicorn_memguard.guard\n"
+        "gunicorn_memguard.worker.retire, gunicorn_memguard.worker.guard\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('gevent', 'uvicorn', 'uvicorn_worker')))"
     )
     assert out.returncode == 0, out.stderr
@@ -28,7 +28,11 @@ def test_importing_memguard_imports_neither_gevent_nor_uvicorn():
 
 @pytest.mark.parametrize(
     ("name", "blocked", "extra"),
-    [("GeventWorker", "gevent", "gevent"), ("UvicornWorker", "uvicorn", "uvicorn"), ("UvicornH11Worker", "uvicorn", "uvicorn")],
+    [
+        ("GeventWorker", "gevent", "gevent"),
+        ("UvicornWorker", "uvicorn", "uvicorn"),
+        ("UvicornH11Worker", "uvicorn", "uvicorn"),
+    ],
 )
 def test_a_missing_extra_names_the_extra_to_install(name, blocked, extra):
     out = run_python(

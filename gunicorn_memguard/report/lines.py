@@ -8,12 +8,20 @@ from __future__ import annotations
 import signal
 from typing import NamedTuple
 
-from .scoreboard import SlotView, State
-from .units import format_size
+from ..shared.scoreboard import SlotView, State
+from ..units import format_size
 
 
 def retirement_line(
-    *, pid: int, age: float, requests: int, metric: str, value: int, limit: int, reason: str, detail: str,
+    *,
+    pid: int,
+    age: float,
+    requests: int,
+    metric: str,
+    value: int,
+    limit: int,
+    reason: str,
+    detail: str,
     dry_run: bool = False,
 ) -> str:
     action = "would retire (dry run)" if dry_run else "retiring"
@@ -37,8 +45,17 @@ class ExitReport(NamedTuple):
     outcome: str  # machine key for metrics and the event log, one of OUTCOMES
 
 
-OUTCOMES = ("graceful", "overran", "killed_while_retiring", "exited", "oom_killed", "sigkill", "signal", "died",
-            "unknown")
+OUTCOMES = (
+    "graceful",
+    "overran",
+    "killed_while_retiring",
+    "exited",
+    "oom_killed",
+    "sigkill",
+    "signal",
+    "died",
+    "unknown",
+)
 
 
 def signal_name(number: int) -> str:
@@ -71,37 +88,58 @@ def exit_report(
     if slot.retire_started:
         drained = now - slot.retire_started
         if slot.state is State.OVERRAN:
-            return ExitReport("error", (
-                f"memguard: worker pid={pid} was made to exit {drained:.1f}s into its retirement "
-                f"(reason={slot.reason}): its drain outlived graceful_timeout"
-            ), "overran")
+            return ExitReport(
+                "error",
+                (
+                    f"memguard: worker pid={pid} was made to exit {drained:.1f}s into its retirement "
+                    f"(reason={slot.reason}): its drain outlived graceful_timeout"
+                ),
+                "overran",
+            )
         if slot.state is State.EXITED:
-            return ExitReport("info", (
-                f"memguard: worker pid={pid} exited gracefully after retirement "
-                f"reason={slot.reason} drain={drained:.1f}s requests={slot.requests}"
-            ), "graceful")
+            return ExitReport(
+                "info",
+                (
+                    f"memguard: worker pid={pid} exited gracefully after retirement "
+                    f"reason={slot.reason} drain={drained:.1f}s requests={slot.requests}"
+                ),
+                "graceful",
+            )
         if death is not None and death.signal == signal.SIGTERM:  # stock uvicorn re-raises it after its shutdown
-            return ExitReport("info", (
-                f"memguard: worker pid={pid} ended by SIGTERM after its own shutdown, following retirement "
-                f"reason={slot.reason} drain={drained:.1f}s (stock uvicorn workers end this way)"
-            ), "graceful")
+            return ExitReport(
+                "info",
+                (
+                    f"memguard: worker pid={pid} ended by SIGTERM after its own shutdown, following retirement "
+                    f"reason={slot.reason} drain={drained:.1f}s (stock uvicorn workers end this way)"
+                ),
+                "graceful",
+            )
         outcome, how = _killed_by(death, oom_killed)
         if outcome == "died":
             how = "ended without a clean exit; its drain overran graceful_timeout or it was killed"
-        return ExitReport("warning", (
-            f"memguard: worker pid={pid} {how} {drained:.1f}s into its retirement (reason={slot.reason}); {last}"
-        ), "killed_while_retiring")
+        return ExitReport(
+            "warning",
+            (f"memguard: worker pid={pid} {how} {drained:.1f}s into its retirement (reason={slot.reason}); {last}"),
+            "killed_while_retiring",
+        )
     if slot.state is State.EXITED:
         return ExitReport("debug", f"memguard: worker pid={pid} exited; {last}", "exited")
     outcome, how = _killed_by(death, oom_killed)
     if outcome == "died":
-        return ExitReport("error", (
-            f"memguard: worker pid={pid} died without exiting cleanly and with no retirement in progress; "
-            f"{last}. If gunicorn reports SIGKILL for it, the kernel OOM killer is the likely cause: "
-            f"lower MEMGUARD_MAX_MEMORY or set MEMGUARD_HARD_MAX_MEMORY below the container's limit"
-        ), outcome)
-    advice = (": lower MEMGUARD_MAX_MEMORY or set MEMGUARD_HARD_MAX_MEMORY below the container's limit"
-              if outcome == "oom_killed" else "")
-    return ExitReport("error", (
-        f"memguard: worker pid={pid} {how} with no retirement in progress; {last}{advice}"
-    ), outcome)
+        return ExitReport(
+            "error",
+            (
+                f"memguard: worker pid={pid} died without exiting cleanly and with no retirement in progress; "
+                f"{last}. If gunicorn reports SIGKILL for it, the kernel OOM killer is the likely cause: "
+                f"lower MEMGUARD_MAX_MEMORY or set MEMGUARD_HARD_MAX_MEMORY below the container's limit"
+            ),
+            outcome,
+        )
+    advice = (
+        ": lower MEMGUARD_MAX_MEMORY or set MEMGUARD_HARD_MAX_MEMORY below the container's limit"
+        if outcome == "oom_killed"
+        else ""
+    )
+    return ExitReport(
+        "error", (f"memguard: worker pid={pid} {how} with no retirement in progress; {last}{advice}"), outcome
+    )

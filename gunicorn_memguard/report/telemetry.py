@@ -51,33 +51,93 @@ class Telemetry:
         self.events.write(event, pid, **fields)
         if self.events.failed is not None and not self._failure_logged:
             self._failure_logged = True
-            self.log.error("memguard: cannot write the event log %s (%s); no more events go there",
-                           self.events.path, self.events.failed)
+            self.log.error(
+                "memguard: cannot write the event log %s (%s); no more events go there",
+                self.events.path,
+                self.events.failed,
+            )
 
-    def sample(self, *, pid: int, worker: int | None, age: float, requests: int, metric: str, value: int,
-               rss: int, limit: int | None, growth: float | None) -> None:
-        self._event("sample", pid, worker=worker, age=round(age, 3), requests=requests, metric=metric,
-                    value=value, rss=rss, limit=limit, growth=None if growth is None else round(growth, 1))
+    def sample(
+        self,
+        *,
+        pid: int,
+        worker: int | None,
+        age: float,
+        requests: int,
+        metric: str,
+        value: int,
+        rss: int,
+        limit: int | None,
+        growth: float | None,
+    ) -> None:
+        self._event(
+            "sample",
+            pid,
+            worker=worker,
+            age=round(age, 3),
+            requests=requests,
+            metric=metric,
+            value=value,
+            rss=rss,
+            limit=limit,
+            growth=None if growth is None else round(growth, 1),
+        )
         if worker is not None:
             prefix = f"memguard.worker.{worker}."
-            for name, figure in (("memory", value), ("rss", rss), ("limit", limit or 0), ("requests", requests),
-                                 ("age", round(age, 3)), ("growth", growth)):
+            for name, figure in (
+                ("memory", value),
+                ("rss", rss),
+                ("limit", limit or 0),
+                ("requests", requests),
+                ("age", round(age, 3)),
+                ("growth", growth),
+            ):
                 if figure is not None:
                     self.statsd.gauge(prefix + name, figure)
 
     def reclaim(self, *, pid: int, worker: int | None, before: int, after: int, took: float, how: str) -> None:
-        self._event("reclaim", pid, worker=worker, before=before, after=after, freed=max(before - after, 0),
-                    took=round(took, 4), how=how)
+        self._event(
+            "reclaim",
+            pid,
+            worker=worker,
+            before=before,
+            after=after,
+            freed=max(before - after, 0),
+            took=round(took, 4),
+            how=how,
+        )
         self.statsd.count("memguard.reclaimed", max(before - after, 0))
 
     def breaker_trip(self, *, pid: int, why: str, detail: str) -> None:
         self._event("breaker_trip", pid, why=why, detail=detail)
         self.statsd.count("memguard.breaker.trips")
 
-    def retirement(self, *, dry_run: bool, pid: int, worker: int | None, age: float, requests: int, metric: str,
-                   value: int, limit: int, reason: str, detail: str) -> None:
-        self._event("would_retire" if dry_run else "retire", pid, worker=worker, age=round(age, 3),
-                    requests=requests, metric=metric, value=value, limit=limit, reason=reason, detail=detail)
+    def retirement(
+        self,
+        *,
+        dry_run: bool,
+        pid: int,
+        worker: int | None,
+        age: float,
+        requests: int,
+        metric: str,
+        value: int,
+        limit: int,
+        reason: str,
+        detail: str,
+    ) -> None:
+        self._event(
+            "would_retire" if dry_run else "retire",
+            pid,
+            worker=worker,
+            age=round(age, 3),
+            requests=requests,
+            metric=metric,
+            value=value,
+            limit=limit,
+            reason=reason,
+            detail=detail,
+        )
         self.statsd.count(f"memguard.{'would_retire' if dry_run else 'retirements'}.{reason}")
 
     def exit(self, *, pid: int, worker: int | None, outcome: str, **fields: Any) -> None:

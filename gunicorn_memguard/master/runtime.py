@@ -13,23 +13,29 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import psutil
 
-from .breaker import BASELINE_RATIO, RetirementRate
-from .budget import PAUSE_RATE, SharedBudget, resolve
-from .coordinator import Coordinator
-from .eventlog import EventLog
-from .events import Death, exit_report, signal_name
-from .probes.cgroup import (
-    ContainerMemory, MemoryCgroup, find_memory_cgroup, read_container_memory, read_oom_kill_count,
+from ..policy.breaker import BASELINE_RATIO, RetirementRate
+from ..policy.percentages import resolve
+from ..probes.cgroup import (
+    ContainerMemory,
+    MemoryCgroup,
+    find_memory_cgroup,
+    read_container_memory,
+    read_oom_kill_count,
 )
-from .scoreboard import SLOT_ATTR, Scoreboard
-from .settings import Settings, SettingsError, load_settings
-from .tally import Tally
-from .telemetry import Telemetry
-from .units import Share, format_count_rate, format_duration, format_rate, format_size, format_size_or_share
+from ..report.eventlog import EventLog
+from ..report.lines import Death, exit_report, signal_name
+from ..report.tally import Tally
+from ..report.telemetry import Telemetry
+from ..settings import Settings, SettingsError, load_settings
+from ..shared.limits import PAUSE_RATE, SharedLimits
+from ..shared.scoreboard import SLOT_ATTR, Scoreboard
+from ..units import Share, format_count_rate, format_duration, format_rate, format_size, format_size_or_share
+from .coordinator import Coordinator
 
 _NO_CONTAINER = ContainerMemory(limit=None, mem_total=0, cgroup=None)  # only byte limits: never read
 COORDINATOR_ATTR = "memguard_coordinator"
@@ -48,10 +54,10 @@ class MasterState:
         self.deaths: dict[int, Death] = {}  # pid -> how it ended, peeked before gunicorn reaps it
         self.metrics: Any = None  # prometheus.MetricsEndpoint, once serving
         # leak-aware policy
-        self.budget: SharedBudget | None = None
+        self.shared: SharedLimits | None = None
         self.container: ContainerMemory | None = None
         self.master_rss = 0
-        self.workers = 0  # the worker count the budget was last resolved for
+        self.workers = 0  # the worker count the limits were last resolved for
         self.rate: RetirementRate | None = None
         # coordination
         self.coordinated = False  # a coordinator runs in the master: soft retirements wait their turn
@@ -68,7 +74,7 @@ def config_namespace(cfg: Any) -> tuple[Mapping[str, object], str]:
     """
     location = getattr(cfg, "config", None) or ""
     if location.startswith("python:"):
-        module = sys.modules.get(location[len("python:"):])
+        module = sys.modules.get(location[len("python:") :])
     else:
         module = sys.modules.get("__config__")
     if module is None:
@@ -88,7 +94,7 @@ def install(cfg: Any, log: Any, server: Any = None) -> Settings:
     ``check_config`` and constructors), so a config reloaded by HUP, or a user hook that
     replaced one of memguard's, is composed again before the next fork.
     """
-    from .hooks import compose_into
+    from ..hooks import compose_into
 
     if STATE.settings is None:
         try:
@@ -107,7 +113,7 @@ def install(cfg: Any, log: Any, server: Any = None) -> Settings:
         if settings.enabled:
             STATE.scoreboard = Scoreboard()
             STATE.oom = OomWatch(find_memory_cgroup())
-            STATE.budget = SharedBudget()
+            STATE.shared = SharedLimits()
             if settings.max_retirements is not None:
                 STATE.rate = RetirementRate(*settings.max_retirements)
             _announce(settings, cfg, log)
@@ -120,17 +126,19 @@ def install(cfg: Any, log: Any, server: Any = None) -> Settings:
 def _open_outputs(settings: Settings) -> None:
     """Problems with the event log or the Prometheus extra are settings errors: found before any fork."""
     if settings.prometheus_port is not None and importlib.util.find_spec("prometheus_client") is None:
-        raise SettingsError([
-            f"MEMGUARD_PROMETHEUS_PORT={settings.prometheus_port} needs prometheus-client: "
-            f"pip install 'gunicorn-memguard[prometheus]'"
-        ])
+        raise SettingsError(
+            [
+                f"MEMGUARD_PROMETHEUS_PORT={settings.prometheus_port} needs prometheus-client: "
+                f"pip install 'gunicorn-memguard[prometheus]'"
+            ]
+        )
     if settings.event_log is not None:
         try:
             STATE.events = EventLog(settings.event_log)
         except OSError as exc:
-            raise SettingsError([
-                f"MEMGUARD_EVENT_LOG={settings.event_log!r} cannot be opened for appending: {exc.strerror}"
-            ]) from None
+            raise SettingsError(
+                [f"MEMGUARD_EVENT_LOG={settings.event_log!r} cannot be opened for appending: {exc.strerror}"]
+            ) from None
 
 
 def serve_metrics(settings: Settings, log: Any) -> None:
@@ -139,14 +147,19 @@ def serve_metrics(settings: Settings, log: Any) -> None:
     still holds it) is logged and memguard carries on without the endpoint."""
     if settings.prometheus_port is None or STATE.metrics is not None or STATE.scoreboard is None:
         return
-    from .prometheus import MetricsEndpoint, ScoreboardCollector
+    from ..report.prometheus import MetricsEndpoint, ScoreboardCollector
 
-    collector = ScoreboardCollector(STATE.scoreboard, STATE.tally, settings, STATE.budget)
+    collector = ScoreboardCollector(STATE.scoreboard, STATE.tally, settings, STATE.shared)
     try:
         STATE.metrics = MetricsEndpoint(settings.prometheus_address, settings.prometheus_port, collector, log)
     except OSError as exc:
-        log.error("memguard: cannot serve Prometheus metrics on %s port %s (MEMGUARD_PROMETHEUS_PORT): %s; "
-                  "carrying on without them", settings.prometheus_address, settings.prometheus_port, exc)
+        log.error(
+            "memguard: cannot serve Prometheus metrics on %s port %s (MEMGUARD_PROMETHEUS_PORT): %s; "
+            "carrying on without them",
+            settings.prometheus_address,
+            settings.prometheus_port,
+            exc,
+        )
         return
     log.info("memguard: Prometheus metrics at %s", STATE.metrics.url)
 
@@ -196,22 +209,30 @@ def _announce(settings: Settings, cfg: Any, log: Any) -> None:
     limit = format_size_or_share(settings.max_memory) if settings.max_memory else "none (measuring only)"
     hard = format_size_or_share(settings.hard_max_memory) if settings.hard_max_memory else "none"
     log.info(
-        "memguard: guarding workers: metric=%s limit=%s hard_limit=%s jitter=%g%% min_lifetime=%gs "
-        "check_interval=%gs",
-        settings.metric, limit, hard, settings.jitter * 100, settings.min_lifetime, settings.check_interval,
+        "memguard: guarding workers: metric=%s limit=%s hard_limit=%s jitter=%g%% min_lifetime=%gs check_interval=%gs",
+        settings.metric,
+        limit,
+        hard,
+        settings.jitter * 100,
+        settings.min_lifetime,
+        settings.check_interval,
     )
     if settings.dry_run:
         log.warning("memguard: dry run (MEMGUARD_DRY_RUN): workers are measured and judged, none is retired")
     growth = (
         f"max_growth={format_rate(settings.max_growth)} over {format_duration(settings.growth_window)} "
         f"(grace {format_duration(settings.growth_grace)}, every {format_duration(settings.growth_interval)})"
-        if settings.max_growth is not None else "max_growth=off"
+        if settings.max_growth is not None
+        else "max_growth=off"
     )
     reclaim = f"at most every {format_duration(settings.reclaim_interval)}" if settings.reclaim else "off"
     log.info(
         "memguard: leak-aware policy: %s; reclaim before retiring %s; crash-loop breaker at a fresh worker "
         ">= %g%% of its limit or more than %s retirements per worker",
-        growth, reclaim, BASELINE_RATIO * 100, format_count_rate(settings.max_retirements),
+        growth,
+        reclaim,
+        BASELINE_RATIO * 100,
+        format_count_rate(settings.max_retirements),
     )
     if settings.max_memory is None and settings.hard_max_memory is None:
         log.warning("memguard: no MEMGUARD_MAX_MEMORY or MEMGUARD_HARD_MAX_MEMORY set: no worker will be retired")
@@ -221,32 +242,36 @@ def _announce(settings: Settings, cfg: Any, log: Any) -> None:
             "memguard: worker class %s with --threads %s runs gunicorn's stock gthread worker (gunicorn "
             "swaps any '...SyncWorker' for it when threads > 1); memguard guards it through its hooks. "
             "Say -k gunicorn_memguard.workers.ThreadWorker to get what you asked for.",
-            uri, cfg.threads,
+            uri,
+            cfg.threads,
         )
 
 
-def rebudget(server: Any) -> None:
+def resolve_limits(server: Any) -> None:
     """Resolve per-worker limits before the first fork and whenever the worker count changed
-    (TTIN/TTOU); live workers pick the new values up from the shared budget."""
-    settings, budget = STATE.settings, STATE.budget
+    (TTIN/TTOU); live workers pick the new values up from the shared limits."""
+    settings, shared = STATE.settings, STATE.shared
     coordinator = getattr(server, COORDINATOR_ATTR, None)  # a spawn-first raise is not a new worker count
     workers = coordinator.wanted() if coordinator is not None else server.num_workers
-    if settings is None or budget is None or workers == STATE.workers:
+    if settings is None or shared is None or workers == STATE.workers:
         return
     first = STATE.workers == 0
     STATE.workers = workers
     if STATE.container is None and any(isinstance(x, Share) for x in (settings.max_memory, settings.hard_max_memory)):
         STATE.container = read_container_memory()
         STATE.master_rss = psutil.Process().memory_info().rss  # after preload_app, before the first fork
-    resolved = resolve(settings.max_memory, settings.hard_max_memory, STATE.container or _NO_CONTAINER,
-                       STATE.master_rss, STATE.workers)
-    budget.set_limits(resolved.soft, resolved.hard)
+    resolved = resolve(
+        settings.max_memory, settings.hard_max_memory, STATE.container or _NO_CONTAINER, STATE.master_rss, STATE.workers
+    )
+    shared.set_limits(resolved.soft, resolved.hard)
     if resolved.how:
         server.log.info("%s%s", resolved.how, "" if first else " (worker count changed)")
         if resolved.soft and resolved.hard and resolved.hard < resolved.soft:
             server.log.warning(
                 "memguard: the hard limit (%s) resolved below the soft limit (%s): workers will be retired at "
-                "once at the hard limit, never gracefully", format_size(resolved.hard), format_size(resolved.soft),
+                "once at the hard limit, never gracefully",
+                format_size(resolved.hard),
+                format_size(resolved.soft),
             )
 
 
@@ -289,9 +314,15 @@ def report_exit(worker: Any, log: Any, cfg: Any) -> None:
     setattr(worker, SLOT_ATTR, None)
     if view.pid == worker.pid:
         Telemetry(STATE.events, log, cfg).exit(
-            pid=worker.pid, worker=slot, outcome=report.outcome, reason=view.reason or None,
+            pid=worker.pid,
+            worker=slot,
+            outcome=report.outcome,
+            reason=view.reason or None,
             drain=round(now - view.retire_started, 3) if view.retire_started else None,
-            age=round(now - view.born, 3), requests=view.requests, value=view.value, rss=view.rss,
+            age=round(now - view.born, 3),
+            requests=view.requests,
+            value=view.value,
+            rss=view.rss,
             signal=signal_name(death.signal) if death and death.signal else None,
             code=death.code if death else None,
             oom_kills=STATE.oom.count if STATE.oom is not None and oom_killed is not None else None,
@@ -300,11 +331,11 @@ def report_exit(worker: Any, log: Any, cfg: Any) -> None:
 
 def _count_retirement(log: Any, cfg: Any) -> None:
     """Trip the crash-loop breaker when graceful retirements outpace MEMGUARD_MAX_RETIREMENTS."""
-    if STATE.rate is None or STATE.budget is None or STATE.settings is None:
+    if STATE.rate is None or STATE.shared is None or STATE.settings is None:
         return
     now = time.time()
     until = STATE.rate.record(now, STATE.workers)
-    if until is None or not STATE.budget.pause_if_running(until, PAUSE_RATE, now):
+    if until is None or not STATE.shared.pause_if_running(until, PAUSE_RATE, now):
         return
     count, per = STATE.settings.max_retirements or (0, 0.0)
     log.error(
@@ -312,8 +343,15 @@ def _count_retirement(log: Any, cfg: Any) -> None:
         "(MEMGUARD_MAX_RETIREMENTS=%s/%s, %s workers); recycling for the soft limit and growth rate is paused "
         "for %s (the hard limit still applies). Workers are being replaced faster than they should need to be: "
         "raise MEMGUARD_MAX_MEMORY or MEMGUARD_MAX_GROWTH, or find the leak.",
-        count, format_duration(per), count, format_duration(per), STATE.workers, format_duration(round(until - now)),
+        count,
+        format_duration(per),
+        count,
+        format_duration(per),
+        STATE.workers,
+        format_duration(round(until - now)),
     )
     Telemetry(STATE.events, log, cfg).breaker_trip(
-        pid=os.getpid(), why="rate", detail=f"more than {count} retirements per worker within {format_duration(per)}",
+        pid=os.getpid(),
+        why="rate",
+        detail=f"more than {count} retirements per worker within {format_duration(per)}",
     )

@@ -5,7 +5,8 @@ gathers the figures and acts on the answers.
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 
 class Candidate(NamedTuple):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import _thread
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def is_monkey_patched() -> bool:

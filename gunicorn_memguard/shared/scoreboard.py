@@ -13,10 +13,10 @@ import enum
 import math
 import mmap
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
-from .policy import REASONS
+from ..policy.verdict import REASONS
 
 DEFAULT_SLOTS = 512
 SLOT_ATTR = "memguard_slot"  # the attribute of gunicorn's worker object holding its slot index
@@ -38,9 +38,21 @@ class State(enum.IntEnum):
 _SLOT = struct.Struct("<q q d d q q q q d 24s q q d d q")
 _SIZE = 192
 _OFFSETS = {
-    "pid": 0, "state": 8, "born": 16, "updated": 24, "value": 32,
-    "rss": 40, "limit": 48, "requests": 56, "retire_started": 64, "reason": 72,
-    "would_retire": 96, "exact": 104, "exact_at": 112, "growth": 120, "reclaimed": 128,
+    "pid": 0,
+    "state": 8,
+    "born": 16,
+    "updated": 24,
+    "value": 32,
+    "rss": 40,
+    "limit": 48,
+    "requests": 56,
+    "retire_started": 64,
+    "reason": 72,
+    "would_retire": 96,
+    "exact": 104,
+    "exact_at": 112,
+    "growth": 120,
+    "reclaimed": 128,
 }
 _Q = struct.Struct("<q")
 _D = struct.Struct("<d")
@@ -87,8 +99,9 @@ class Scoreboard:
         """Reserve a free slot for a worker about to be forked; None when all are taken."""
         for index in range(self.slots):
             if _Q.unpack_from(self._map, self._base(index) + _OFFSETS["state"])[0] == State.FREE:
-                _SLOT.pack_into(self._map, self._base(index), 0, State.STARTING, 0, 0, 0, 0, 0, 0, 0, b"", 0, 0, 0,
-                                math.nan, 0)
+                _SLOT.pack_into(
+                    self._map, self._base(index), 0, State.STARTING, 0, 0, 0, 0, 0, 0, 0, b"", 0, 0, 0, math.nan, 0
+                )
                 return index
         return None
 
@@ -101,11 +114,39 @@ class Scoreboard:
         self.set_state(index, State.FREE)
 
     def read(self, index: int) -> SlotView:
-        (pid, state, born, updated, value, rss, limit, requests, retire_started, reason, would, exact,
-         exact_at, growth, reclaimed) = _SLOT.unpack_from(self._map, self._base(index))
+        (
+            pid,
+            state,
+            born,
+            updated,
+            value,
+            rss,
+            limit,
+            requests,
+            retire_started,
+            reason,
+            would,
+            exact,
+            exact_at,
+            growth,
+            reclaimed,
+        ) = _SLOT.unpack_from(self._map, self._base(index))
         return SlotView(
-            pid, State(state), born, updated, value, rss, limit, requests, retire_started,
-            reason.rstrip(b"\0").decode("ascii", "replace"), would, exact, exact_at, growth, reclaimed,
+            pid,
+            State(state),
+            born,
+            updated,
+            value,
+            rss,
+            limit,
+            requests,
+            retire_started,
+            reason.rstrip(b"\0").decode("ascii", "replace"),
+            would,
+            exact,
+            exact_at,
+            growth,
+            reclaimed,
         )
 
     def occupied(self) -> list[tuple[int, SlotView]]:
@@ -118,8 +159,9 @@ class Scoreboard:
 
     # -- worker side --------------------------------------------------------------------
     def start(self, index: int, pid: int, born: float, limit: int) -> None:
-        _SLOT.pack_into(self._map, self._base(index), pid, State.RUNNING, born, born, 0, 0, limit, 0, 0, b"", 0, 0, 0,
-                       math.nan, 0)
+        _SLOT.pack_into(
+            self._map, self._base(index), pid, State.RUNNING, born, born, 0, 0, limit, 0, 0, b"", 0, 0, 0, math.nan, 0
+        )
 
     def sample(self, index: int, now: float, value: int, rss: int, requests: int) -> None:
         base = self._base(index)
@@ -171,4 +213,6 @@ class Scoreboard:
         _Q.pack_into(self._map, self._base(index) + _OFFSETS["state"], state)
 
     def _reason(self, index: int, reason: str) -> None:
-        struct.pack_into("<24s", self._map, self._base(index) + _OFFSETS["reason"], reason.encode("ascii", "replace")[:24])
+        struct.pack_into(
+            "<24s", self._map, self._base(index) + _OFFSETS["reason"], reason.encode("ascii", "replace")[:24]
+        )

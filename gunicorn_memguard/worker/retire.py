@@ -10,7 +10,8 @@ import selectors
 import signal
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gunicorn
 

@@ -26,17 +26,18 @@ import socket
 import socketserver
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .budget import SharedBudget
-from .events import OUTCOMES
-from .policy import REASONS
-from .scoreboard import Scoreboard, State
-from .settings import Settings
+from ..policy.verdict import REASONS
+from ..settings import Settings
+from ..shared.limits import SharedLimits
+from ..shared.scoreboard import Scoreboard, State
+from .lines import OUTCOMES
 from .tally import Tally
 
 REQUEST_TIMEOUT = 2.0  # seconds a scrape may take on the socket before it is dropped
@@ -46,12 +47,13 @@ _LIVE = (State.RUNNING, State.WAITING, State.GRANTED, State.RETIRING)
 class ScoreboardCollector:
     """Builds every metric afresh from the scoreboard and the master's totals at each scrape."""
 
-    def __init__(self, scoreboard: Scoreboard, tally: Tally, settings: Settings,
-                 budget: SharedBudget | None = None) -> None:
+    def __init__(
+        self, scoreboard: Scoreboard, tally: Tally, settings: Settings, shared: SharedLimits | None = None
+    ) -> None:
         self.scoreboard = scoreboard
         self.tally = tally
         self.settings = settings
-        self.budget = budget  # the limits as resolved for this worker count, and the breaker
+        self.shared = shared  # the limits as resolved for this worker count, and the breaker
 
     def collect(self) -> Iterator[Metric]:
         now = time.time()
@@ -60,8 +62,9 @@ class ScoreboardCollector:
             totals = self.tally.totals(view for _, view in slots)
         workers = [(str(index), view) for index, view in slots if view.pid and view.state in _LIVE]
 
-        def per_worker(name: str, doc: str, figure: Callable[[Any], float | None],
-                       extra: dict[str, str] | None = None) -> GaugeMetricFamily:
+        def per_worker(
+            name: str, doc: str, figure: Callable[[Any], float | None], extra: dict[str, str] | None = None
+        ) -> GaugeMetricFamily:
             family = GaugeMetricFamily(name, doc, labels=["worker", *(extra or {})])
             for label, view in workers:
                 value = figure(view)
@@ -70,50 +73,80 @@ class ScoreboardCollector:
             return family
 
         metric = self.settings.metric
-        yield per_worker("memguard_worker_memory_bytes",
-                         "The enforced metric, read exactly at least every MEMGUARD_REPORT_INTERVAL",
-                         lambda v: v.exact if v.exact_at else None, {"metric": metric})
+        yield per_worker(
+            "memguard_worker_memory_bytes",
+            "The enforced metric, read exactly at least every MEMGUARD_REPORT_INTERVAL",
+            lambda v: v.exact if v.exact_at else None,
+            {"metric": metric},
+        )
         yield per_worker("memguard_worker_rss_bytes", "Worker RSS at its last timer sample", lambda v: v.rss)
-        yield per_worker("memguard_worker_limit_bytes", "Worker's effective (jittered) soft limit",
-                         lambda v: v.limit or None)
+        yield per_worker(
+            "memguard_worker_limit_bytes", "Worker's effective (jittered) soft limit", lambda v: v.limit or None
+        )
         yield per_worker("memguard_worker_age_seconds", "Seconds since the worker started", lambda v: now - v.born)
         yield per_worker("memguard_worker_requests", "Requests served by the worker", lambda v: v.requests)
-        yield per_worker("memguard_worker_retiring", "1 while the worker drains after a retirement",
-                         lambda v: 1 if v.state is State.RETIRING else 0)
+        yield per_worker(
+            "memguard_worker_retiring",
+            "1 while the worker drains after a retirement",
+            lambda v: 1 if v.state is State.RETIRING else 0,
+        )
         yield per_worker("memguard_worker_pid", "The worker's process id (a value, not a label)", lambda v: v.pid)
-        yield per_worker("memguard_worker_growth_bytes_per_second",
-                         "Growth of the worker's memory floor over MEMGUARD_GROWTH_WINDOW (with MEMGUARD_MAX_GROWTH)",
-                         lambda v: None if math.isnan(v.growth) else v.growth)
-        yield CounterMetricFamily("memguard_reclaimed_bytes", "Memory given back by reclaims before retiring",
-                                  value=totals.reclaimed)
+        yield per_worker(
+            "memguard_worker_growth_bytes_per_second",
+            "Growth of the worker's memory floor over MEMGUARD_GROWTH_WINDOW (with MEMGUARD_MAX_GROWTH)",
+            lambda v: None if math.isnan(v.growth) else v.growth,
+        )
+        yield CounterMetricFamily(
+            "memguard_reclaimed_bytes", "Memory given back by reclaims before retiring", value=totals.reclaimed
+        )
 
         for name, doc, label, known, counts in (
             ("memguard_retirements", "Workers retired, by reason", "reason", REASONS, totals.retirements),
-            ("memguard_would_retire", "Dry run: workers that would have been retired, by reason", "reason",
-             REASONS, totals.would_retire),
-            ("memguard_worker_exits", "Workers reaped by the master, by how they ended", "outcome", OUTCOMES,
-             totals.exits),
+            (
+                "memguard_would_retire",
+                "Dry run: workers that would have been retired, by reason",
+                "reason",
+                REASONS,
+                totals.would_retire,
+            ),
+            (
+                "memguard_worker_exits",
+                "Workers reaped by the master, by how they ended",
+                "outcome",
+                OUTCOMES,
+                totals.exits,
+            ),
         ):
             family = CounterMetricFamily(name, doc, labels=[label])
             for key in sorted(set(known) | set(counts)):
                 family.add_metric([key], counts[key])
             yield family
 
-        configured = self.budget.limits() if self.budget is not None else (None, None)
-        limits = GaugeMetricFamily("memguard_limit_bytes", "Per-worker limits (percentages resolved to bytes)",
-                                   labels=["kind"])
-        for kind, resolved, value in (("soft", configured[0], self.settings.max_memory),
-                                      ("hard", configured[1], self.settings.hard_max_memory)):
+        configured = self.shared.limits() if self.shared is not None else (None, None)
+        limits = GaugeMetricFamily(
+            "memguard_limit_bytes", "Per-worker limits (percentages resolved to bytes)", labels=["kind"]
+        )
+        for kind, resolved, value in (
+            ("soft", configured[0], self.settings.max_memory),
+            ("hard", configured[1], self.settings.hard_max_memory),
+        ):
             if resolved is not None or isinstance(value, int):
                 limits.add_metric([kind], resolved if resolved is not None else value)
         yield limits
-        if self.budget is not None:
-            yield GaugeMetricFamily("memguard_breaker_open", "1 while the crash-loop breaker pauses soft recycling",
-                                    value=1 if self.budget.paused()[0] > now else 0)
-            yield CounterMetricFamily("memguard_breaker_trips", "Times the crash-loop breaker tripped",
-                                      value=self.budget.trips())
-        yield GaugeMetricFamily("memguard_dry_run", "1 when MEMGUARD_DRY_RUN is on: nothing is retired",
-                                value=1 if self.settings.dry_run else 0)
+        if self.shared is not None:
+            yield GaugeMetricFamily(
+                "memguard_breaker_open",
+                "1 while the crash-loop breaker pauses soft recycling",
+                value=1 if self.shared.paused()[0] > now else 0,
+            )
+            yield CounterMetricFamily(
+                "memguard_breaker_trips", "Times the crash-loop breaker tripped", value=self.shared.trips()
+            )
+        yield GaugeMetricFamily(
+            "memguard_dry_run",
+            "1 when MEMGUARD_DRY_RUN is on: nothing is retired",
+            value=1 if self.settings.dry_run else 0,
+        )
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -167,8 +200,11 @@ class MetricsEndpoint:
         self.server.fork_lock = threading.Lock()
         self.master_pid = os.getpid()
         self._forking = False
-        os.register_at_fork(before=self._before_fork, after_in_parent=self._after_fork_in_parent,
-                            after_in_child=self._after_fork_in_child)
+        os.register_at_fork(
+            before=self._before_fork,
+            after_in_parent=self._after_fork_in_parent,
+            after_in_child=self._after_fork_in_child,
+        )
         self.thread = threading.Thread(target=self.server.serve_forever, name="memguard-metrics", daemon=True)
         self.thread.start()
 

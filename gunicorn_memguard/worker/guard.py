@@ -14,20 +14,23 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
-from . import breaker, native
-from .budget import PAUSE_BASELINE, PAUSE_NONE, SharedBudget
-from .events import retirement_line
-from .policy import KEEP, Action, Growth, Sample, Verdict, build_policy
-from .probes.memory import MemoryProbe, ProbeError
+from ..policy import breaker
+from ..policy.verdict import KEEP, Action, Sample, Verdict
+from ..policy.worker import Growth, build_policy
+from ..probes.memory import MemoryProbe, ProbeError
+from ..report.lines import retirement_line
+from ..report.telemetry import Telemetry
+from ..settings import Settings
+from ..shared.limits import PAUSE_BASELINE, PAUSE_NONE, SharedLimits
+from ..shared.scoreboard import Scoreboard, State, encode_reasons
+from ..units import format_size
+from . import native
 from .reclaim import Reclaimer
 from .retire import Retire
-from .scoreboard import Scoreboard, State, encode_reasons
-from .settings import Settings
-from .telemetry import Telemetry
-from .units import format_size
 
 # A USS/PSS read costs 0.4-17 ms; from the request path, do one at most this often unless an
 # estimate says a limit may have been crossed.
@@ -66,7 +69,7 @@ class Guard:
         slot: int | None,
         start_thread: StartThread = start_os_thread,
         telemetry: Telemetry | None = None,
-        budget: SharedBudget | None = None,
+        shared: SharedLimits | None = None,
         coordinated: bool = False,
     ) -> None:
         self.worker = worker
@@ -79,15 +82,17 @@ class Guard:
         self.born = time.monotonic()
         self.born_wall = time.time()
         self.probe = MemoryProbe()
-        self.budget = budget
+        self.shared = shared
         # The master resolved the limits (percentages need the worker count) before this fork;
         # byte limits from the settings stand in if it could not.
-        self._budget_seen = budget.limits() if budget is not None else (None, None)
-        soft = self._budget_seen[0] or (settings.max_memory if isinstance(settings.max_memory, int) else None)
-        hard = self._budget_seen[1] or (settings.hard_max_memory if isinstance(settings.hard_max_memory, int) else None)
+        self._shared_seen = shared.limits() if shared is not None else (None, None)
+        soft = self._shared_seen[0] or (settings.max_memory if isinstance(settings.max_memory, int) else None)
+        hard = self._shared_seen[1] or (settings.hard_max_memory if isinstance(settings.hard_max_memory, int) else None)
         growth = None
         if settings.max_growth is not None:
-            growth = Growth(settings.max_growth, settings.growth_window, settings.growth_grace, settings.growth_interval)
+            growth = Growth(
+                settings.max_growth, settings.growth_window, settings.growth_grace, settings.growth_interval
+            )
         self.policy, self.limit = build_policy(
             metric=settings.metric,
             soft=soft,
@@ -164,7 +169,7 @@ class Guard:
     def _judge(self, from_timer: bool) -> Verdict:
         now = time.monotonic()
         if from_timer:
-            self._sync_budget()
+            self._sync_shared_limits()
         rss = self.probe.rss()
         metric = self.settings.metric
         wants_exact = from_timer and (self._baseline is None or self.policy.wants_exact(now))
@@ -196,56 +201,70 @@ class Guard:
             )
             if reclaim:
                 self._reclaiming = True
-            elif verdict.retires and not self.settings.dry_run and (
-                    verdict.action is Action.RETIRE_NOW or not self.coordinated):
+            elif (
+                verdict.retires
+                and not self.settings.dry_run
+                and (verdict.action is Action.RETIRE_NOW or not self.coordinated)
+            ):
                 self.retiring = verdict
                 self.retire_started = now
         return self._reclaim(verdict) if reclaim else verdict
 
     # -- leak-aware policy: shared limits, crash-loop breaker, reclaim before retiring ----
-    def _sync_budget(self) -> None:
+    def _sync_shared_limits(self) -> None:
         """Pick up limits the master re-resolved (worker count changed) and the breaker's state."""
-        if self.budget is None:
+        if self.shared is None:
             return
-        soft, hard = self.budget.limits()
-        if (soft, hard) != self._budget_seen:
-            self._budget_seen = (soft, hard)
+        soft, hard = self.shared.limits()
+        if (soft, hard) != self._shared_seen:
+            self._shared_seen = (soft, hard)
             was, self.limit = self.limit, int(soft * self._jitter_factor) if soft else None
             self.policy.retarget(self.limit, hard)
             if self.slot is not None:
                 self.scoreboard.set_limit(self.slot, self.limit or 0)
             self.log.info(
                 "memguard: worker pid=%s now has limit %s (was %s), hard limit %s: the master re-resolved them",
-                self.pid, _show(self.limit), _show(was), _show(hard),
+                self.pid,
+                _show(self.limit),
+                _show(was),
+                _show(hard),
             )
             self._check_baseline()
-        self.policy.paused = self.budget.paused()[0] > time.time()
+        self.policy.paused = self.shared.paused()[0] > time.time()
 
     def _check_baseline(self) -> None:
         """Trip the breaker if this worker starts at or near its limit; reset it if it does not."""
-        if self.budget is None or self._baseline is None or self.limit is None:
+        if self.shared is None or self._baseline is None or self.limit is None:
             return
         if breaker.starts_near_limit(self._baseline, self.limit):
             self.policy.paused = True
-            if not self.budget.pause_if_running(float("inf"), PAUSE_BASELINE, time.time()):
+            if not self.shared.pause_if_running(float("inf"), PAUSE_BASELINE, time.time()):
                 return  # already paused: one loud line, not one per worker
             self.log.error(
                 "memguard: CRASH-LOOP BREAKER: worker pid=%s starts at %s=%s, already %.0f%% of its limit %s: "
                 "retiring it would only fork another worker as big. Recycling for the soft limit and growth "
                 "rate is paused until a worker starts below %.0f%% of its limit (the hard limit still applies). "
                 "Raise MEMGUARD_MAX_MEMORY well above %s, or make the app load less at start-up.",
-                self.pid, self.settings.metric, format_size(self._baseline), 100 * self._baseline / self.limit,
-                format_size(self.limit), 100 * breaker.RESET_RATIO, format_size(self._baseline),
+                self.pid,
+                self.settings.metric,
+                format_size(self._baseline),
+                100 * self._baseline / self.limit,
+                format_size(self.limit),
+                100 * breaker.RESET_RATIO,
+                format_size(self._baseline),
             )
             detail = f"starts at {self.settings.metric}={self._baseline}, limit {self.limit}"
             self._tell(lambda telemetry: telemetry.breaker_trip(pid=self.pid, why="baseline", detail=detail))
-        elif breaker.starts_well_below(self._baseline, self.limit) and self.budget.paused()[1] == PAUSE_BASELINE:
-            self.budget.pause(0.0, PAUSE_NONE)
+        elif breaker.starts_well_below(self._baseline, self.limit) and self.shared.paused()[1] == PAUSE_BASELINE:
+            self.shared.pause(0.0, PAUSE_NONE)
             self.policy.paused = False
             self.log.warning(
                 "memguard: crash-loop breaker reset: worker pid=%s starts at %s=%s, below %.0f%% of its limit %s; "
                 "recycling for the soft limit resumes",
-                self.pid, self.settings.metric, format_size(self._baseline), 100 * breaker.RESET_RATIO,
+                self.pid,
+                self.settings.metric,
+                format_size(self._baseline),
+                100 * breaker.RESET_RATIO,
                 format_size(self.limit),
             )
 
@@ -262,8 +281,11 @@ class Guard:
         if self.slot is not None and after < verdict.value:
             self.scoreboard.add_reclaimed(self.slot, verdict.value - after)
         how = self.reclaimer.how
-        self._tell(lambda telemetry: telemetry.reclaim(pid=self.pid, worker=self.slot, before=verdict.value,
-                                                       after=after, took=took, how=how))
+        self._tell(
+            lambda telemetry: telemetry.reclaim(
+                pid=self.pid, worker=self.slot, before=verdict.value, after=after, took=took, how=how
+            )
+        )
         with self._lock:
             self._reclaiming = False
             again = self.policy.judge(Sample(now, after))
@@ -303,10 +325,19 @@ class Guard:
                 self.scoreboard.set_growth(self.slot, growth)
         if report_due and exact is not None:
             self._last_report = sample.time
-            self._tell(lambda telemetry: telemetry.sample(
-                pid=self.pid, worker=self.slot, age=sample.time - self.born, requests=self.requests,
-                metric=self.settings.metric, value=exact.value, rss=rss, limit=self.limit, growth=growth,
-            ))
+            self._tell(
+                lambda telemetry: telemetry.sample(
+                    pid=self.pid,
+                    worker=self.slot,
+                    age=sample.time - self.born,
+                    requests=self.requests,
+                    metric=self.settings.metric,
+                    value=exact.value,
+                    rss=rss,
+                    limit=self.limit,
+                    growth=growth,
+                )
+            )
 
     def _tell(self, report: Callable[[Telemetry], None]) -> None:
         """Telemetry is best effort: a fault there turns telemetry off (logged once), never the guard."""
@@ -317,8 +348,11 @@ class Guard:
             report(telemetry)
         except Exception as exc:  # noqa: BLE001
             self.telemetry = None
-            self.log.error("memguard: reporting failed in worker %s (%r); it carries on without the event log "
-                           "and statsd", self.pid, exc)
+            self.log.error(
+                "memguard: reporting failed in worker %s (%r); it carries on without the event log and statsd",
+                self.pid,
+                exc,
+            )
 
     def _estimate(self, rss: int) -> int:
         """USS/PSS now, estimated without reading smaps: the last exact value plus RSS growth
@@ -331,8 +365,16 @@ class Guard:
         return int(getattr(self.worker, "nr", 0))
 
     def _report_retirement(self, verdict: Verdict, age: float, dry_run: bool) -> None:
-        figures = dict(pid=self.pid, age=age, requests=self.requests, metric=self.settings.metric,
-                       value=verdict.value, limit=verdict.limit, reason=verdict.reason, detail=verdict.detail)
+        figures = dict(
+            pid=self.pid,
+            age=age,
+            requests=self.requests,
+            metric=self.settings.metric,
+            value=verdict.value,
+            limit=verdict.limit,
+            reason=verdict.reason,
+            detail=verdict.detail,
+        )
         self.log.warning(retirement_line(**figures, dry_run=dry_run))
         self._tell(lambda telemetry: telemetry.retirement(dry_run=dry_run, worker=self.slot, **figures))
 
@@ -353,7 +395,9 @@ class Guard:
         try:
             self.retire()
         except Exception as exc:  # noqa: BLE001
-            self.log.error("memguard: could not start a graceful stop of worker %s (%r); it keeps serving", self.pid, exc)
+            self.log.error(
+                "memguard: could not start a graceful stop of worker %s (%r); it keeps serving", self.pid, exc
+            )
 
     def _sample_due(self) -> bool:
         """While waiting, the sampler wakes every GRANT_POLL but measures once per check_interval."""
@@ -375,8 +419,9 @@ class Guard:
                 self.scoreboard.waiting(self.slot, verdict.value, verdict.reason)
         if first:
             self.log.info(
-                "memguard: worker pid=%s is over its limit (%s); serving on until the master gives it a turn "
-                "to retire", self.pid, verdict.detail,
+                "memguard: worker pid=%s is over its limit (%s); serving on until the master gives it a turn to retire",
+                self.pid,
+                verdict.detail,
             )
             self._wake_master()
 
@@ -389,8 +434,11 @@ class Guard:
                 return
             view = self.scoreboard.read(self.slot)
             verdict = self.waiting or Verdict(
-                Action.RETIRE, view.reason, f"the master's call, {self.settings.metric} {format_size(view.value)}",
-                view.value, self.limit or 0,
+                Action.RETIRE,
+                view.reason,
+                f"the master's call, {self.settings.metric} {format_size(view.value)}",
+                view.value,
+                self.limit or 0,
             )
             self.retiring, self.retire_started = verdict, time.monotonic()
         self._start_retirement(verdict)

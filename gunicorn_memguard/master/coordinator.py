@@ -28,12 +28,12 @@ from typing import Any
 
 import psutil
 
-from .fleet import Candidate, free_turns, has_room, largest_over_budget, retirement_order
-from .probes.cgroup import ContainerMemory, read_container_memory, read_working_set
-from .probes.memory import process_pss
-from .scoreboard import SLOT_ATTR, Scoreboard, SlotView, State
-from .settings import Settings
-from .units import format_size
+from ..policy.fleet import Candidate, free_turns, has_room, largest_over_budget, retirement_order
+from ..probes.cgroup import ContainerMemory, read_container_memory, read_working_set
+from ..probes.memory import process_pss
+from ..settings import Settings
+from ..shared.scoreboard import SLOT_ATTR, Scoreboard, SlotView, State
+from ..units import format_size
 
 TOTAL_REASON = "total_memory"
 # States of a worker that is leaving: each counts against the retirement budget.
@@ -52,8 +52,14 @@ class Retirement:
 
 
 class Coordinator:
-    def __init__(self, arbiter: Any, settings: Settings, scoreboard: Scoreboard, log: Any,
-                 container: ContainerMemory | None = None) -> None:
+    def __init__(
+        self,
+        arbiter: Any,
+        settings: Settings,
+        scoreboard: Scoreboard,
+        log: Any,
+        container: ContainerMemory | None = None,
+    ) -> None:
         self.arbiter = arbiter
         self.settings = settings
         self.scoreboard = scoreboard
@@ -89,8 +95,11 @@ class Coordinator:
         self.arbiter.manage_workers = managed
         self.arbiter.reload = reloaded
         if self.total_budget is not None:
-            self.log.info("memguard: server-wide budget %s (sum of worker PSS; %s)",
-                          format_size(self.total_budget), self.container.describe())
+            self.log.info(
+                "memguard: server-wide budget %s (sum of worker PSS; %s)",
+                format_size(self.total_budget),
+                self.container.describe(),
+            )
 
     def tick(self) -> None:
         if self._paused:
@@ -103,8 +112,10 @@ class Coordinator:
         except Exception:  # noqa: BLE001 - a memguard bug must not stop the arbiter
             if not self._broken:
                 self._broken = True
-                self.log.exception("memguard: error in the retirement coordinator; workers now retire on "
-                                   "their own, without a budget or spawn-first")
+                self.log.exception(
+                    "memguard: error in the retirement coordinator; workers now retire on "
+                    "their own, without a budget or spawn-first"
+                )
                 for retirement in self.retirements.values():
                     self._lower(retirement)
                 self.retirements.clear()
@@ -118,9 +129,12 @@ class Coordinator:
         busy = len(self.retirements) + sum(
             1 for pid, view in views.items() if pid not in self.retirements and view.state in LEAVING
         )
-        waiting = [Candidate(pid, v.value, v.limit) for pid, v in views.items()
-                   if v.state is State.WAITING and pid not in self.retirements]
-        for candidate in retirement_order(waiting)[:free_turns(self.settings.max_concurrent_retirements, busy)]:
+        waiting = [
+            Candidate(pid, v.value, v.limit)
+            for pid, v in views.items()
+            if v.state is State.WAITING and pid not in self.retirements
+        ]
+        for candidate in retirement_order(waiting)[: free_turns(self.settings.max_concurrent_retirements, busy)]:
             self._start(now, candidate.pid, views[candidate.pid].reason, workers, views)
             busy += 1
         if self.total_budget is not None and now >= self._next_total_check:
@@ -143,8 +157,11 @@ class Coordinator:
             retirement = self.retirements.pop(pid)
             self._lower(retirement)
             if not retirement.granted:
-                self.log.warning("memguard: worker pid=%s left before its turn came (it died or was stopped); "
-                                 "its retirement slot is free again", pid)
+                self.log.warning(
+                    "memguard: worker pid=%s left before its turn came (it died or was stopped); "
+                    "its retirement slot is free again",
+                    pid,
+                )
         for pid in [pid for pid in self._beats if pid not in workers]:
             del self._beats[pid]
 
@@ -157,9 +174,13 @@ class Coordinator:
         wants without memguard's raises: a replacement has loaded its app (or TTIN added one)."""
         wanted = self.wanted()
         granted = {r.target for r in self.retirements.values() if r.granted}
-        serving = {pid for pid, worker in workers.items()
-                   if pid not in granted and not (pid in views and views[pid].state in LEAVING)
-                   and self._ready(pid, worker, views)}
+        serving = {
+            pid
+            for pid, worker in workers.items()
+            if pid not in granted
+            and not (pid in views and views[pid].state in LEAVING)
+            and self._ready(pid, worker, views)
+        }
         for retirement in sorted(self.retirements.values(), key=lambda r: r.started):
             view = views.get(retirement.target)
             if retirement.granted:
@@ -172,13 +193,20 @@ class Coordinator:
             elif len(serving - {retirement.target}) >= wanted:
                 self._grant(retirement, workers)
                 serving.discard(retirement.target)
-                self.log.info("memguard: %d workers serve without worker pid=%s (replacement ready after %.1fs); "
-                              "it retires now", len(serving), retirement.target, now - retirement.started)
+                self.log.info(
+                    "memguard: %d workers serve without worker pid=%s (replacement ready after %.1fs); it retires now",
+                    len(serving),
+                    retirement.target,
+                    now - retirement.started,
+                )
             elif now - retirement.started > self.arbiter.timeout:
                 self._grant(retirement, workers)
                 serving.discard(retirement.target)
-                self.log.warning("memguard: no replacement ready after %.0fs (gunicorn timeout); worker pid=%s "
-                                 "retires anyway", now - retirement.started, retirement.target)
+                self.log.warning(
+                    "memguard: no replacement ready after %.0fs (gunicorn timeout); worker pid=%s retires anyway",
+                    now - retirement.started,
+                    retirement.target,
+                )
 
     def _ready(self, pid: int, worker: Any, views: dict[int, SlotView]) -> bool:
         """The worker has loaded its app: its guard has started, or (without a slot) its heartbeat
@@ -201,9 +229,13 @@ class Coordinator:
         headroom = self._headroom(workers)
         if not has_room(headroom, expected):
             self._grant(retirement, workers)
-            self.log.warning("memguard: no room for a replacement (headroom %s < a worker's %s); worker pid=%s "
-                             "retires first and is replaced after it exits", format_size(headroom or 0),
-                             format_size(expected), pid)
+            self.log.warning(
+                "memguard: no room for a replacement (headroom %s < a worker's %s); worker pid=%s "
+                "retires first and is replaced after it exits",
+                format_size(headroom or 0),
+                format_size(expected),
+                pid,
+            )
             return
         self.arbiter.num_workers += 1
         retirement.raised = True
@@ -229,15 +261,23 @@ class Coordinator:
         sizes = self._measure_total(workers)
         if any(r.reason == TOTAL_REASON for r in self.retirements.values()):
             return  # one at a time: the next is judged once this one is gone
-        staying = {pid: size for pid, size in sizes.items()
-                   if pid not in self.retirements and pid in views and views[pid].state not in LEAVING}
+        staying = {
+            pid: size
+            for pid, size in sizes.items()
+            if pid not in self.retirements and pid in views and views[pid].state not in LEAVING
+        }
         leaving = self.total - sum(staying.values())  # still counted: it is freed only at exit
         victim = largest_over_budget(staying, budget - leaving)
         if victim is None or free_turns(self.settings.max_concurrent_retirements, busy) == 0:
             return
-        self.log.warning("memguard: workers' total PSS %s > max_total_memory %s; retiring the largest, pid=%s "
-                         "(pss %s), before the kernel has to", format_size(self.total),
-                         format_size(budget), victim, format_size(sizes[victim]))
+        self.log.warning(
+            "memguard: workers' total PSS %s > max_total_memory %s; retiring the largest, pid=%s "
+            "(pss %s), before the kernel has to",
+            format_size(self.total),
+            format_size(budget),
+            victim,
+            format_size(sizes[victim]),
+        )
         self._start(now, victim, TOTAL_REASON, workers, views)
 
     def _measure_total(self, workers: dict[int, Any]) -> dict[int, int]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
-from .scoreboard import SlotView, decode_reasons
+from ..shared.scoreboard import SlotView, decode_reasons
 
 
 class Totals(NamedTuple):
@@ -44,8 +45,12 @@ class Tally:
     def totals(self, live: Iterable[SlotView]) -> Totals:
         """The counters now: reaped workers plus the live ``slots``. Hold ``lock``."""
         live = list(live)
-        result = Totals(Counter(self._totals.retirements), Counter(self._totals.would_retire),
-                        Counter(self._totals.exits), self._totals.reclaimed + sum(view.reclaimed for view in live))
+        result = Totals(
+            Counter(self._totals.retirements),
+            Counter(self._totals.would_retire),
+            Counter(self._totals.exits),
+            self._totals.reclaimed + sum(view.reclaimed for view in live),
+        )
         for view in live:
             retired, would = _contributions(view)
             result.retirements.update(retired)

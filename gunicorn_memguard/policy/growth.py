@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections import deque
 from itertools import pairwise
 
-from .policy import Action, Sample, Verdict
-from .units import format_duration, format_rate, format_size
+from ..units import format_duration, format_rate, format_size
+from .verdict import Action, Sample, Verdict
 
 BLOCKS = 6  # blocks per window: 15-minute blocks in the default 90-minute window
 BUCKETS_PER_BLOCK = 5  # samples are kept as per-bucket minima: 30 numbers per window, whatever the sample rate
@@ -25,9 +25,7 @@ CONFIRMATIONS = 3  # consecutive evaluations that must agree before retiring
 class GrowthMonitor:
     """Judges exact samples taken after ``born + grace``; evaluates at most once per ``interval``."""
 
-    def __init__(
-        self, max_rate: float, window: float, grace: float, interval: float, born: float, metric: str
-    ) -> None:
+    def __init__(self, max_rate: float, window: float, grace: float, interval: float, born: float, metric: str) -> None:
         self.max_rate = max_rate  # bytes per second
         self.window = window
         self.interval = interval

@@ -1,0 +1,1 @@
+"""What runs in gunicorn's master (arbiter) process: settings, limits, coordination, exit reports."""

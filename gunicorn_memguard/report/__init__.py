@@ -1,0 +1,1 @@
+"""Outputs, no decisions: log lines, the JSON event log, statsd, Prometheus."""

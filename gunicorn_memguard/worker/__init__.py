@@ -1,0 +1,1 @@
+"""What runs inside a worker process: the guard, its sampler thread, reclaim, and the graceful stop."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from .master import runtime as master
 from .report.telemetry import Telemetry
-from .worker.guard import Guard, start_os_thread
+from .worker.guard import Guard
 from .worker.retire import retirement_for
 
 _guard: Guard | None = None  # the guard of this worker process, once post_worker_init ran
@@ -88,7 +88,6 @@ def post_worker_init(worker: Any) -> None:
         worker.log,
         master.STATE.scoreboard,
         getattr(worker, master.SLOT_ATTR, None),
-        getattr(worker, "memguard_start_thread", start_os_thread),
         telemetry=Telemetry(master.STATE.events, worker.log, worker.cfg),
         shared=master.STATE.shared,
         coordinated=master.STATE.coordinated,

@@ -169,7 +169,12 @@ SPECS: dict[str, Spec] = {
         _parse_jitter, PERCENT_FORM, lambda v: f"{v * 100:g}%", "spread each worker's limit below max_memory"
     ),
     "check_interval": Spec(_parse_interval, DURATION_FORM, format_duration, "timer sampling period"),
-    "min_lifetime": Spec(parse_duration, DURATION_FORM, format_duration, "no soft-limit retirement younger than this"),
+    "min_lifetime": Spec(
+        parse_duration,
+        DURATION_FORM,
+        format_duration,
+        "no soft-limit retirement younger than this (the ceiling applies at any age)",
+    ),
     # observability
     "dry_run": Spec(parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "decide and report, but retire nothing"),
     "event_log": Spec(_parse_path, PATH_FORM, _show_optional, "append one JSON object per event to this file"),
@@ -214,7 +219,7 @@ class Settings:
     metric: str = "uss"
     jitter: float = 0.10
     check_interval: float = 1.0
-    min_lifetime: float = 30.0
+    min_lifetime: float = 0.0
     # observability
     dry_run: bool = False
     event_log: str | None = None

@@ -23,19 +23,28 @@ child); without it a decision would wait for the loop's 1 s timeout.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
+from ..policy import Reason, breaker
 from ..policy.fleet import Candidate, free_turns, has_room, largest_over_budget, retirement_order
 from ..probes.cgroup import ContainerMemory, read_container_memory, read_working_set
 from ..probes.memory import process_pss
 from ..settings import Settings
+from ..shared.limits import SharedLimits
 from ..shared.scoreboard import SLOT_ATTR, Scoreboard, SlotView, State
 from ..units import format_size
 
-TOTAL_REASON = "total_memory"
+TOTAL_REASON = Reason.TOTAL_MEMORY
+# A spare started for a worker predicted to reach its soft limit replaces it anyway if the worker
+# has not got there this many replacement boot times after the spare was ready (at least 2 s).
+STALL_BOOTS = 3.0
+STALL_MIN = 2.0
+# Boot times remembered to publish the slowest recent one.
+BOOTS_KEPT = 5
 # States of a worker that is leaving: each counts against the retirement budget.
 LEAVING = (State.GRANTED, State.RETIRING, State.EXITED, State.OVERRAN)
 
@@ -49,6 +58,8 @@ class Retirement:
     started: float  # monotonic
     raised: bool  # num_workers was raised by one for its replacement
     granted: bool  # the target was told to retire
+    early: bool = False  # started ahead of the soft limit, on the worker's forecast (predictive spawn-first)
+    spare_ready: float = 0.0  # monotonic, when its replacement was first ready (early ones)
 
 
 class Coordinator:
@@ -59,6 +70,7 @@ class Coordinator:
         scoreboard: Scoreboard,
         log: Any,
         container: ContainerMemory | None = None,
+        shared: SharedLimits | None = None,
     ) -> None:
         self.arbiter = arbiter
         self.settings = settings
@@ -71,6 +83,10 @@ class Coordinator:
         self.total = 0  # last measured sum of the workers' PSS, when a total budget is set
         self._next_total_check = 0.0
         self._beats: dict[int, float] = {}
+        self.shared = shared
+        self._boots: deque[float] = deque(maxlen=BOOTS_KEPT)
+        self._booted: set[int] = set()
+        self.drain_first = 0  # retirees that reached the ceiling before their replacement was ready
         self._paused = False
         self._broken = False
 
@@ -125,6 +141,7 @@ class Coordinator:
         workers = dict(self.arbiter.WORKERS)
         views = self._views(workers)
         self._forget_gone(workers)
+        self._measure_boots(views)
         self._advance(now, workers, views)
         busy = len(self.retirements) + sum(
             1 for pid, view in views.items() if pid not in self.retirements and view.state in LEAVING
@@ -137,9 +154,34 @@ class Coordinator:
         for candidate in retirement_order(waiting)[: free_turns(self.settings.max_concurrent_retirements, busy)]:
             self._start(now, candidate.pid, views[candidate.pid].reason, workers, views)
             busy += 1
+        if self.settings.spawn_first:
+            busy += self._start_spares(now, workers, views, busy)
         if self.total_budget is not None and now >= self._next_total_check:
             self._next_total_check = now + self.settings.check_interval
             self._enforce_total(now, workers, views, busy)
+
+    def _measure_boots(self, views: dict[int, SlotView]) -> None:
+        """How long this server's workers take from fork to app loaded: the slowest recent one is
+        what a worker's forecast must look ahead by (published through the shared limits)."""
+        for pid, view in views.items():
+            if pid not in self._booted and view.spawned > 0 and view.born >= view.spawned:
+                self._booted.add(pid)
+                self._boots.append(view.born - view.spawned)
+                if self.shared is not None:
+                    self.shared.set_ready_time(max(self._boots))
+
+    def _start_spares(self, now: float, workers: dict[int, Any], views: dict[int, SlotView], busy: int) -> int:
+        """Predictive spawn-first: a worker whose forecast reaches its soft limit within a few boot
+        times gets its replacement started now. Returns how many were started."""
+        due = sorted(
+            (v.due, pid) for pid, v in views.items()
+            if v.state is State.RUNNING and v.due > 0 and pid not in self.retirements
+        )  # fmt: skip
+        started = 0
+        for _, pid in due[: free_turns(self.settings.max_concurrent_retirements, busy)]:
+            if self._start(now, pid, Reason.SOFT_LIMIT, workers, views, early=True):
+                started += 1
+        return started
 
     def _views(self, workers: dict[int, Any]) -> dict[int, SlotView]:
         """Slots of the workers whose guard has started (it writes its pid when the app is loaded)."""
@@ -164,6 +206,7 @@ class Coordinator:
                 )
         for pid in [pid for pid in self._beats if pid not in workers]:
             del self._beats[pid]
+        self._booted &= set(workers)
 
     def wanted(self) -> int:
         """The worker count gunicorn wants, without memguard's temporary raises for replacements."""
@@ -187,26 +230,49 @@ class Coordinator:
                 if view is not None and view.state is State.WAITING:
                     self._grant(retirement, workers)  # the worker's first "waiting" crossed our grant
                 continue
+            ready = len(serving - {retirement.target}) >= wanted
             if view is not None and view.state in LEAVING:
-                retirement.granted = True  # past its hard limit while waiting: it did not wait
+                retirement.granted = True  # past its ceiling while waiting: it did not wait
                 serving.discard(retirement.target)
-            elif len(serving - {retirement.target}) >= wanted:
+                if not ready:
+                    self.drain_first += 1
+                    self.log.warning(
+                        "memguard: worker pid=%s reached its ceiling %.1fs after its replacement was started, "
+                        "before it was ready: it drains first (%d such so far; the leak fills the band between "
+                        "soft limit and ceiling faster than a worker boots)",
+                        retirement.target, now - retirement.started, self.drain_first,
+                    )  # fmt: skip
+            elif ready and self._due_now(retirement, view, now):
                 self._grant(retirement, workers)
                 serving.discard(retirement.target)
                 self.log.info(
                     "memguard: %d workers serve without worker pid=%s (replacement ready after %.1fs); it retires now",
-                    len(serving),
-                    retirement.target,
-                    now - retirement.started,
-                )
+                    len(serving), retirement.target, now - retirement.started,
+                )  # fmt: skip
             elif now - retirement.started > self.arbiter.timeout:
                 self._grant(retirement, workers)
                 serving.discard(retirement.target)
                 self.log.warning(
                     "memguard: no replacement ready after %.0fs (gunicorn timeout); worker pid=%s retires anyway",
-                    now - retirement.started,
-                    retirement.target,
-                )
+                    now - retirement.started, retirement.target,
+                )  # fmt: skip
+
+    def _due_now(self, retirement: Retirement, view: SlotView | None, now: float) -> bool:
+        """With its replacement ready, a target goes once it asks (at its soft limit); one started
+        early on a forecast that stalled goes anyway after a while, so the spare is not wasted."""
+        if not retirement.early or view is None or view.state is State.WAITING:
+            return True
+        if retirement.spare_ready == 0.0:
+            retirement.spare_ready = now
+        ready_time = self.shared.ready_time() if self.shared is not None else 0.0
+        if now - retirement.spare_ready < max(STALL_MIN, STALL_BOOTS * ready_time):
+            return False
+        self.log.info(
+            "memguard: worker pid=%s has not reached its limit %.1fs after its replacement was ready (its growth "
+            "slowed); it retires now so that the replacement is not wasted",
+            retirement.target, now - retirement.spare_ready,
+        )  # fmt: skip
+        return True
 
     def _ready(self, pid: int, worker: Any, views: dict[int, SlotView]) -> bool:
         """The worker has loaded its app: its guard has started, or (without a slot) its heartbeat
@@ -219,13 +285,27 @@ class Coordinator:
             return False
         return self._beats.setdefault(pid, beat) != beat
 
-    def _start(self, now: float, pid: int, reason: str, workers: dict[int, Any], views: dict[int, SlotView]) -> None:
+    def _start(
+        self, now: float, pid: int, reason: str, workers: dict[int, Any], views: dict[int, SlotView],
+        early: bool = False,
+    ) -> bool:  # fmt: skip
+        """Start a retirement; True if a replacement was started first."""
+        expected = min((v.rss for v in views.values() if v.rss), default=0)
+        if early:
+            if not has_room(self._headroom(workers), expected):
+                return False  # no spare ahead of time: at its soft limit it drains first
+            self.retirements[pid] = Retirement(pid, reason, now, raised=True, granted=False, early=True)
+            self.arbiter.num_workers += 1
+            self.log.info(
+                "memguard: worker pid=%s will reach its limit within %.1fs; starting its replacement now",
+                pid, max(0.0, views[pid].due - time.time()),
+            )  # fmt: skip
+            return True
         retirement = Retirement(pid, reason, now, raised=False, granted=False)
         self.retirements[pid] = retirement
         if not self.settings.spawn_first or reason == TOTAL_REASON:
             self._grant(retirement, workers)
-            return
-        expected = min((v.rss for v in views.values() if v.rss), default=0)
+            return False
         headroom = self._headroom(workers)
         if not has_room(headroom, expected):
             self._grant(retirement, workers)
@@ -236,10 +316,11 @@ class Coordinator:
                 format_size(expected),
                 pid,
             )
-            return
+            return False
         self.arbiter.num_workers += 1
         retirement.raised = True
         self.log.info("memguard: worker pid=%s may retire (reason=%s); starting its replacement first", pid, reason)
+        return True
 
     def _headroom(self, workers: dict[int, Any]) -> int | None:
         """Bytes one more worker may take: the container's limit less its working set (what the OOM
@@ -270,6 +351,8 @@ class Coordinator:
         victim = largest_over_budget(staying, budget - leaving)
         if victim is None or free_turns(self.settings.max_concurrent_retirements, busy) == 0:
             return
+        if not self._admit(sizes[victim]):
+            return
         self.log.warning(
             "memguard: workers' total PSS %s > max_total_memory %s; retiring the largest, pid=%s "
             "(pss %s), before the kernel has to",
@@ -279,6 +362,14 @@ class Coordinator:
             format_size(sizes[victim]),
         )
         self._start(now, victim, TOTAL_REASON, workers, views)
+
+    def _admit(self, size: int) -> bool:
+        """In a crash loop, the server-wide budget's retirements wait for the same backoff as the
+        workers' own unless the worker is clearly bigger than a fresh one (``policy/breaker.py``)."""
+        shared = self.shared
+        if shared is None or not shared.crash_loop() or breaker.worth_replacing(size, shared.fresh_baseline()):
+            return True
+        return shared.admit(time.time()) <= 0
 
     def _measure_total(self, workers: dict[int, Any]) -> dict[int, int]:
         """Each worker's PSS, read by the master (0.4-17 ms each, so only with a total budget)."""

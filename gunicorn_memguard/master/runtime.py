@@ -32,7 +32,7 @@ from ..report.lines import Death, exit_report, signal_name
 from ..report.tally import Tally
 from ..report.telemetry import Telemetry
 from ..settings import Settings, SettingsError, load_settings
-from ..shared.limits import PAUSE_RATE, SharedLimits
+from ..shared.limits import SharedLimits
 from ..shared.scoreboard import SLOT_ATTR, Scoreboard
 from ..units import Share, format_count_rate, format_duration, format_rate, format_size, format_size_or_share
 from .coordinator import Coordinator
@@ -59,6 +59,7 @@ class MasterState:
         self.master_rss = 0
         self.workers = 0  # the worker count the limits were last resolved for
         self.rate: RetirementRate | None = None
+        self.rate_warned_until = 0.0
         # coordination
         self.coordinated = False  # a coordinator runs in the master: soft retirements wait their turn
 
@@ -208,15 +209,14 @@ def watch_deaths(arbiter: Any) -> None:
 def _announce(settings: Settings, cfg: Any, log: Any) -> None:
     limit = format_size_or_share(settings.max_memory) if settings.max_memory else "none (measuring only)"
     hard = format_size_or_share(settings.hard_max_memory) if settings.hard_max_memory else "none"
+    ceiling = settings.hard_max_memory or settings.max_memory
+    ceiling_text = f"{format_size_or_share(ceiling)} (no worker serves past it)" if ceiling else "none"
     log.info(
-        "memguard: guarding workers: metric=%s limit=%s hard_limit=%s jitter=%g%% min_lifetime=%gs check_interval=%gs",
-        settings.metric,
-        limit,
-        hard,
-        settings.jitter * 100,
-        settings.min_lifetime,
+        "memguard: guarding workers: metric=%s limit=%s hard_limit=%s ceiling=%s jitter=%g%% min_lifetime=%gs "
+        "check_interval=%gs",
+        settings.metric, limit, hard, ceiling_text, settings.jitter * 100, settings.min_lifetime,
         settings.check_interval,
-    )
+    )  # fmt: skip
     if settings.dry_run:
         log.warning("memguard: dry run (MEMGUARD_DRY_RUN): workers are measured and judged, none is retired")
     growth = (
@@ -228,7 +228,7 @@ def _announce(settings: Settings, cfg: Any, log: Any) -> None:
     reclaim = f"at most every {format_duration(settings.reclaim_interval)}" if settings.reclaim else "off"
     log.info(
         "memguard: leak-aware policy: %s; reclaim before retiring %s; crash-loop breaker at a fresh worker "
-        ">= %g%% of its limit or more than %s retirements per worker",
+        ">= %g%% of its limit; a warning above %s retirements per worker",
         growth,
         reclaim,
         BASELINE_RATIO * 100,
@@ -280,7 +280,7 @@ def coordinate(server: Any) -> None:
     the hook module and from ``pre_fork`` for both adoption paths, which runs before every fork)."""
     if STATE.scoreboard is None or STATE.settings is None or getattr(server, COORDINATOR_ATTR, None) is not None:
         return
-    coordinator = Coordinator(server, STATE.settings, STATE.scoreboard, server.log)
+    coordinator = Coordinator(server, STATE.settings, STATE.scoreboard, server.log, shared=STATE.shared)
     coordinator.attach()
     setattr(server, COORDINATOR_ATTR, coordinator)
     STATE.coordinated = True
@@ -290,7 +290,7 @@ def claim_slot(worker: Any, log: Any) -> None:
     """Give a worker about to fork its scoreboard slot (idempotent per worker object)."""
     if STATE.scoreboard is None or getattr(worker, SLOT_ATTR, None) is not None:
         return
-    slot = STATE.scoreboard.claim()
+    slot = STATE.scoreboard.claim(time.time())
     if slot is None:
         log.warning("memguard: scoreboard full; this worker's exit will not be explained")
     setattr(worker, SLOT_ATTR, slot)
@@ -306,7 +306,7 @@ def report_exit(worker: Any, log: Any, cfg: Any) -> None:
     oom_killed = STATE.oom.rose() if STATE.oom is not None and death and death.signal == signal.SIGKILL else None
     report = exit_report(worker.pid, view, now, death, oom_killed)
     getattr(log, report.level)(report.message)
-    if view.pid == worker.pid and view.retire_started and view.reason in ("soft_limit", "growth_rate"):
+    if view.pid == worker.pid and view.retire_started:
         _count_retirement(log, cfg)
     with STATE.tally.lock:  # a scrape sees the slot or the total, never both or neither
         STATE.tally.fold(view, report.outcome)
@@ -330,28 +330,20 @@ def report_exit(worker: Any, log: Any, cfg: Any) -> None:
 
 
 def _count_retirement(log: Any, cfg: Any) -> None:
-    """Trip the crash-loop breaker when graceful retirements outpace MEMGUARD_MAX_RETIREMENTS."""
-    if STATE.rate is None or STATE.shared is None or STATE.settings is None:
+    """Warn, at most once per window, when retirements outpace MEMGUARD_MAX_RETIREMENTS. A high rate
+    where fresh workers start well below their limit is a fast leak that recycling is handling:
+    it is said loudly, and recycling goes on (a crash loop is the baseline test's, in the worker)."""
+    if STATE.rate is None or STATE.settings is None:
         return
     now = time.time()
-    until = STATE.rate.record(now, STATE.workers)
-    if until is None or not STATE.shared.pause_if_running(until, PAUSE_RATE, now):
+    seen = STATE.rate.record(now, STATE.workers)
+    if seen is None or now < STATE.rate_warned_until:
         return
     count, per = STATE.settings.max_retirements or (0, 0.0)
-    log.error(
-        "memguard: CRASH-LOOP BREAKER: more than %s soft-limit/growth retirements per worker within %s "
-        "(MEMGUARD_MAX_RETIREMENTS=%s/%s, %s workers); recycling for the soft limit and growth rate is paused "
-        "for %s (the hard limit still applies). Workers are being replaced faster than they should need to be: "
-        "raise MEMGUARD_MAX_MEMORY or MEMGUARD_MAX_GROWTH, or find the leak.",
-        count,
-        format_duration(per),
-        count,
-        format_duration(per),
-        STATE.workers,
-        format_duration(round(until - now)),
-    )
-    Telemetry(STATE.events, log, cfg).breaker_trip(
-        pid=os.getpid(),
-        why="rate",
-        detail=f"more than {count} retirements per worker within {format_duration(per)}",
-    )
+    STATE.rate_warned_until = now + per
+    log.warning(
+        "memguard: %s retirements within %s, more than MEMGUARD_MAX_RETIREMENTS=%s/%s per worker (%s workers): "
+        "a fast leak; recycling goes on and keeps every worker under its limit. Find the leak, or raise "
+        "MEMGUARD_MAX_MEMORY. (Said at most once per %s.)",
+        seen, format_duration(per), count, format_duration(per), STATE.workers, format_duration(per),
+    )  # fmt: skip

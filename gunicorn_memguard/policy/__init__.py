@@ -1,16 +1,18 @@
 """The pure decision core: samples and time in, a verdict out. No I/O, no clock, no gunicorn."""
 
-from .limits import HardLimit, SoftLimit, draw_limit
-from .verdict import KEEP, REASONS, Action, Monitor, Sample, Verdict
+from .limits import Ceiling, SoftLimit, draw_limit
+from .verdict import GRACEFUL, KEEP, REASONS, Action, Monitor, Reason, Sample, Verdict
 from .worker import Growth, WorkerPolicy, build_policy
 
 __all__ = [
+    "GRACEFUL",
     "KEEP",
     "REASONS",
     "Action",
     "Growth",
-    "HardLimit",
+    "Ceiling",
     "Monitor",
+    "Reason",
     "Sample",
     "SoftLimit",
     "Verdict",

@@ -1,6 +1,13 @@
-"""The crash-loop breaker's two tests, pure: a fresh worker already at its limit, and soft
-retirements coming faster than a rate. Recycling then only forks another worker just as big
-(celery/celery#4125, pm2#839), so soft-limit recycling pauses; the hard limit still applies.
+"""The crash-loop breaker, pure: when is a retirement worth making?
+
+A high retirement rate where each fresh worker starts far below its limit is a fast leak that
+recycling is handling: it never stops recycling (a rate above ``MEMGUARD_MAX_RETIREMENTS`` only
+warns). A crash loop is a fresh worker that *starts* at or near its limit: retiring it forks
+another just as big (celery/celery#4125, pm2#839). Then a retirement is made at once only if the
+worker has grown well past what a fresh one starts at (its replacement will be smaller); any other
+retirement — soft, hard, ceiling or the server-wide budget's — waits for a backoff that doubles
+from 10 s to 5 minutes, like Kubernetes' CrashLoopBackOff. So no setting makes a fork storm, and a
+worker in a crash loop still never serves past ``max(ceiling, WORTH × a fresh worker's size)``.
 """
 
 from __future__ import annotations
@@ -13,6 +20,10 @@ BASELINE_RATIO = 0.9
 # It resets only for a worker starting below this share: the gap is wider than the default 10 %
 # jitter, so identical workers with different draws do not trip and reset it in turn.
 RESET_RATIO = 0.75
+# In a crash loop, a worker this much bigger than a fresh one is worth replacing at once.
+WORTH = 1.1
+FIRST_DELAY = 10.0  # seconds between useless retirements, doubling ...
+MAX_DELAY = 300.0  # ... up to this
 
 
 def starts_near_limit(baseline: int, limit: int | None) -> bool:
@@ -23,25 +34,33 @@ def starts_well_below(baseline: int, limit: int | None) -> bool:
     return limit is not None and baseline < RESET_RATIO * limit
 
 
-class RetirementRate:
-    """Counts graceful (soft-limit and growth) retirements in a sliding window.
+def worth_replacing(value: int, fresh: int) -> bool:
+    """True if a replacement, starting at ``fresh`` bytes, would be clearly smaller."""
+    return value > WORTH * fresh
 
-    Trips when more than ``count`` per worker happen within ``per`` seconds; the pause lasts
-    until the oldest of them leaves the window, so at worst ``count`` per worker per ``per``
-    happen while the cause persists.
-    """
+
+def next_delay(delay: float) -> float:
+    return FIRST_DELAY if delay <= 0 else min(MAX_DELAY, 2 * delay)
+
+
+def bound(ceiling: int, fresh: int) -> int:
+    """What a worker may reach in a crash loop before it retires regardless of the backoff."""
+    return max(ceiling, int(WORTH * fresh))
+
+
+class RetirementRate:
+    """Counts graceful (soft-limit and growth) retirements in a sliding window, to warn when they
+    come faster than ``count`` per worker per ``per`` seconds."""
 
     def __init__(self, count: int, per: float) -> None:
         self.count = count
         self.per = per
         self._times: deque[float] = deque()
 
-    def record(self, now: float, workers: int) -> float | None:
-        """Record one retirement; return until when recycling must pause, or None."""
+    def record(self, now: float, workers: int) -> int | None:
+        """Record one retirement; return how many happened within the window if that is over the
+        rate, else None."""
         self._times.append(now)
         while self._times and self._times[0] <= now - self.per:
             self._times.popleft()
-        allowed = self.count * max(workers, 1)
-        if len(self._times) <= allowed:
-            return None
-        return self._times[len(self._times) - allowed - 1] + self.per
+        return len(self._times) if len(self._times) > self.count * max(workers, 1) else None

@@ -1,11 +1,11 @@
-"""Absolute limits: the hard limit (at once) and the jittered soft limit (after strikes)."""
+"""Absolute limits: the ceiling (at once) and the jittered soft limit (after strikes)."""
 
 from __future__ import annotations
 
 import random
 
 from ..units import format_size
-from .verdict import Action, Sample, Verdict
+from .verdict import Action, Reason, Sample, Verdict
 
 
 def draw_limit(limit: int, jitter: float, rng: random.Random) -> int:
@@ -17,30 +17,54 @@ def draw_limit(limit: int, jitter: float, rng: random.Random) -> int:
     return int(limit * (1.0 - rng.uniform(0.0, jitter)))
 
 
-class HardLimit:
-    """Past the hard limit a worker goes at once: one sample is enough, age does not matter."""
+class _Absolute:
+    """What the absolute limits share: no trend, no exact samples of their own."""
 
-    def __init__(self, limit: int, metric: str) -> None:
+    limit: int
+
+    def wants_sample(self, now: float) -> bool:
+        return False
+
+    @property
+    def rate(self) -> float | None:
+        return None
+
+
+class Ceiling(_Absolute):
+    """The limit the user set, which no worker serves past: one sample over it is enough, and
+    neither age, nor a turn, nor a replacement booting makes it wait.
+
+    It is ``MEMGUARD_HARD_MAX_MEMORY`` when set (reason ``hard_limit``), else ``MEMGUARD_MAX_MEMORY``
+    before jitter (reason ``ceiling``); the jittered soft limit lies at or below it."""
+
+    def __init__(self, limit: int, metric: str, reason: Reason) -> None:
         self.limit = limit
         self.metric = metric
+        self.reason = reason
 
     def observe(self, sample: Sample) -> Verdict | None:
         if sample.value <= self.limit:
             return None
+        name = "hard limit" if self.reason is Reason.HARD_LIMIT else "ceiling"
         return Verdict(
             Action.RETIRE_NOW,
-            "hard_limit",
-            f"{self.metric} {format_size(sample.value)} > hard limit {format_size(self.limit)}",
+            self.reason,
+            f"{self.metric} {format_size(sample.value)} > {name} {format_size(self.limit)}",
             sample.value,
             self.limit,
         )
 
+    def retarget(self, soft: int | None, ceiling: int | None) -> None:
+        if ceiling is not None:
+            self.limit = ceiling
 
-class SoftLimit:
+
+class SoftLimit(_Absolute):
     """Over the soft limit on ``strikes`` consecutive samples, and old enough, a worker retires.
 
-    Consecutive strikes ignore a lone spike caught mid-request that is gone by the next sample;
-    the minimum lifetime keeps a worker that boots big from being recycled in a tight loop.
+    Consecutive strikes ignore a lone spike caught mid-request that is gone by the next sample.
+    A minimum lifetime (off by default) only ever delays this graceful retirement: the ceiling
+    above it still holds.
     """
 
     def __init__(self, limit: int, metric: str, born: float, min_lifetime: float, strikes: int = 2) -> None:
@@ -60,8 +84,12 @@ class SoftLimit:
             return None
         return Verdict(
             Action.RETIRE,
-            "soft_limit",
+            Reason.SOFT_LIMIT,
             f"{self.metric} {format_size(sample.value)} > limit {format_size(self.limit)}",
             sample.value,
             self.limit,
         )
+
+    def retarget(self, soft: int | None, ceiling: int | None) -> None:
+        if soft is not None:
+            self.limit = soft

@@ -7,21 +7,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .growth import GrowthMonitor
-from .limits import HardLimit, SoftLimit, draw_limit
-from .verdict import KEEP, Action, Monitor, Sample, Verdict
+from .limits import Ceiling, SoftLimit, draw_limit
+from .verdict import KEEP, Action, Monitor, Reason, Sample, Verdict
 
 
 class WorkerPolicy:
     """Ask each monitor in order; the first verdict wins.
 
-    While ``paused`` (the crash-loop breaker is tripped), graceful retirements are not acted on;
-    the hard limit's retire-now still is.
+    While ``paused`` (dry-run tools may set it), graceful retirements are not acted on; the
+    ceiling's retire-now still is.
     """
 
-    def __init__(self, monitors: Sequence[Monitor], floor: int | None) -> None:
+    def __init__(self, monitors: Sequence[Monitor], soft: int | None, ceiling: int | None) -> None:
         self.monitors = tuple(monitors)
-        self.floor = floor
+        self.soft = soft
+        self.ceiling = ceiling
         self.paused = False
+
+    @property
+    def floor(self) -> int | None:
+        """The lowest absolute limit: a reading at or below it needs no closer look."""
+        limits = [x for x in (self.soft, self.ceiling) if x is not None]
+        return min(limits) if limits else None
 
     def judge(self, sample: Sample) -> Verdict:
         for monitor in self.monitors:
@@ -32,33 +39,23 @@ class WorkerPolicy:
 
     def clears(self, upper_bound: int) -> bool:
         """True if a reading this high cannot breach any absolute limit (the cheap path)."""
-        return self.floor is None or upper_bound <= self.floor
+        floor = self.floor
+        return floor is None or upper_bound <= floor
 
     def wants_exact(self, now: float) -> bool:
         """True when a trend monitor needs an exact sample now, even far below the limits."""
-        for monitor in self.monitors:
-            wants = getattr(monitor, "wants_sample", None)  # only trend monitors have it
-            if wants is not None and wants(now):
-                return True
-        return False
+        return any(monitor.wants_sample(now) for monitor in self.monitors)
 
     def growth_rate(self) -> float | None:
         """The growth monitor's last measured floor rate (bytes/s), if it has one."""
-        rates = [rate for m in self.monitors if (rate := getattr(m, "rate", None)) is not None]
-        return rates[0] if rates else None
+        return next((m.rate for m in self.monitors if m.rate is not None), None)
 
-    def retarget(self, soft: int | None, hard: int | None) -> None:
+    def retarget(self, soft: int | None, ceiling: int | None) -> None:
         """Apply re-evaluated limits (e.g. a percentage limit after the worker count changed)."""
-
+        self.soft = soft if soft is not None else self.soft
+        self.ceiling = ceiling if ceiling is not None else self.ceiling
         for monitor in self.monitors:
-            if isinstance(monitor, SoftLimit) and soft is not None:
-                monitor.limit = soft
-            elif isinstance(monitor, HardLimit) and hard is not None:
-                monitor.limit = hard
-            elif isinstance(monitor, GrowthMonitor):
-                monitor.limit = soft or 0
-        limits = [m.limit for m in self.monitors if isinstance(m, (SoftLimit, HardLimit))]
-        self.floor = min(limits) if limits else None
+            monitor.retarget(soft, ceiling)
 
 
 @dataclass(frozen=True)
@@ -69,6 +66,13 @@ class Growth:
     window: float
     grace: float
     interval: float
+
+
+def ceiling_of(soft: int | None, hard: int | None) -> tuple[int | None, Reason]:
+    """The limit no worker serves past: the hard limit if set, else the soft limit before jitter."""
+    if hard is not None:
+        return hard, Reason.HARD_LIMIT
+    return soft, Reason.CEILING
 
 
 def build_policy(
@@ -82,17 +86,16 @@ def build_policy(
     rng: random.Random,
     growth: Growth | None = None,
 ) -> tuple[WorkerPolicy, int | None]:
-    """Build one worker's policy; returns it and the worker's effective soft limit."""
-
+    """Build one worker's policy; returns it and the worker's effective (jittered) soft limit."""
     monitors: list[Monitor] = []
     effective = draw_limit(soft, jitter, rng) if soft is not None else None
-    if hard is not None:
-        monitors.append(HardLimit(hard, metric))
+    ceiling, reason = ceiling_of(soft, hard)
+    if ceiling is not None:
+        monitors.append(Ceiling(ceiling, metric, reason))
     if effective is not None:
         monitors.append(SoftLimit(effective, metric, born, min_lifetime))
     if growth is not None:
         trend = GrowthMonitor(growth.max_rate, growth.window, growth.grace, growth.interval, born, metric)
         trend.limit = effective or 0
         monitors.append(trend)
-    limits = [x for x in (effective, hard) if x is not None]
-    return WorkerPolicy(monitors, min(limits) if limits else None), effective
+    return WorkerPolicy(monitors, effective, ceiling), effective

@@ -33,26 +33,31 @@ class State(enum.IntEnum):
     GRANTED = 7  # the master's go-ahead: retire now (the worker moves on to RETIRING)
 
 
-# pid, state, born, updated, value, rss, limit, requests, retire_started, reason, would_retire, exact, exact_at,
-# growth, reclaimed
-_SLOT = struct.Struct("<q q d d q q q q d 24s q q d d q")
+# Each slot's fields, declared once: name, struct code, and what it holds.
+FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("pid", "q", "the worker's pid, once its guard started"),
+    ("state", "q", "a State"),
+    ("born", "d", "wall-clock seconds when its guard started (app loaded)"),
+    ("updated", "d", "when it last published a sample"),
+    ("value", "q", "last reading of the enforced metric (an upper bound while it cleared the limits)"),
+    ("rss", "q", "last RSS"),
+    ("limit", "q", "the worker's effective soft limit, 0 if none"),
+    ("requests", "q", "requests served"),
+    ("retire_started", "d", "wall-clock seconds, 0 if not retiring"),
+    ("reason", "24s", "why it retires or waits (a policy.Reason key)"),
+    ("would_retire", "q", "dry run: bit i set once the worker would have retired for policy.REASONS[i]"),
+    ("exact", "q", "last exact reading of the enforced metric (for metrics: ``value`` may be a bound)"),
+    ("exact_at", "d", "when it was read, 0 if never"),
+    ("growth", "d", "the growth monitor's floor rate, bytes/s (NaN until it has a full window)"),
+    ("reclaimed", "q", "bytes given back by reclaims (gc.collect + malloc_trim) in this worker"),
+    ("due", "d", "wall-clock seconds when it projects to reach its soft limit, 0 if not soon"),
+    ("spawned", "d", "wall-clock seconds when the master forked it (slot claimed)"),
+)
+_SLOT = struct.Struct("<" + " ".join(code for _, code, _ in FIELDS))
 _SIZE = 192
+assert _SLOT.size <= _SIZE
 _OFFSETS = {
-    "pid": 0,
-    "state": 8,
-    "born": 16,
-    "updated": 24,
-    "value": 32,
-    "rss": 40,
-    "limit": 48,
-    "requests": 56,
-    "retire_started": 64,
-    "reason": 72,
-    "would_retire": 96,
-    "exact": 104,
-    "exact_at": 112,
-    "growth": 120,
-    "reclaimed": 128,
+    name: struct.calcsize("<" + " ".join(code for _, code, _ in FIELDS[:i])) for i, (name, _, _) in enumerate(FIELDS)
 }
 _Q = struct.Struct("<q")
 _D = struct.Struct("<d")
@@ -60,21 +65,29 @@ _D = struct.Struct("<d")
 
 @dataclass(frozen=True)
 class SlotView:
+    """One slot as read (the fields of ``FIELDS``, in order)."""
+
     pid: int
     state: State
-    born: float  # wall-clock seconds
+    born: float
     updated: float
-    value: int  # last reading of the enforced metric (an upper bound while it cleared the limits)
+    value: int
     rss: int
-    limit: int  # the worker's effective soft limit, 0 if none
+    limit: int
     requests: int
-    retire_started: float  # wall-clock seconds, 0 if not retiring
+    retire_started: float
     reason: str
-    would_retire: int  # dry run: bit i set once the worker would have retired for policy.REASONS[i]
-    exact: int  # last exact reading of the enforced metric (for metrics: ``value`` may be a bound)
-    exact_at: float  # when it was read, 0 if never
-    growth: float  # the growth monitor's measured floor rate, bytes/s (NaN until it has a full window)
-    reclaimed: int  # bytes given back by reclaims (gc.collect + malloc_trim) in this worker
+    would_retire: int
+    exact: int
+    exact_at: float
+    growth: float
+    reclaimed: int
+    due: float
+    spawned: float
+
+
+assert tuple(SlotView.__dataclass_fields__) == tuple(name for name, _, _ in FIELDS)
+_EMPTY = {name: (b"" if code == "24s" else 0) for name, code, _ in FIELDS} | {"growth": math.nan}
 
 
 def encode_reasons(reasons: Iterable[str]) -> int:
@@ -95,13 +108,15 @@ class Scoreboard:
         return index * _SIZE
 
     # -- master side --------------------------------------------------------------------
-    def claim(self) -> int | None:
+    def _pack(self, index: int, **fields: object) -> None:
+        values = _EMPTY | fields
+        _SLOT.pack_into(self._map, self._base(index), *(values[name] for name, _, _ in FIELDS))
+
+    def claim(self, now: float = 0.0) -> int | None:
         """Reserve a free slot for a worker about to be forked; None when all are taken."""
         for index in range(self.slots):
             if _Q.unpack_from(self._map, self._base(index) + _OFFSETS["state"])[0] == State.FREE:
-                _SLOT.pack_into(
-                    self._map, self._base(index), 0, State.STARTING, 0, 0, 0, 0, 0, 0, 0, b"", 0, 0, 0, math.nan, 0
-                )
+                self._pack(index, state=State.STARTING, spawned=now)
                 return index
         return None
 
@@ -114,40 +129,10 @@ class Scoreboard:
         self.set_state(index, State.FREE)
 
     def read(self, index: int) -> SlotView:
-        (
-            pid,
-            state,
-            born,
-            updated,
-            value,
-            rss,
-            limit,
-            requests,
-            retire_started,
-            reason,
-            would,
-            exact,
-            exact_at,
-            growth,
-            reclaimed,
-        ) = _SLOT.unpack_from(self._map, self._base(index))
-        return SlotView(
-            pid,
-            State(state),
-            born,
-            updated,
-            value,
-            rss,
-            limit,
-            requests,
-            retire_started,
-            reason.rstrip(b"\0").decode("ascii", "replace"),
-            would,
-            exact,
-            exact_at,
-            growth,
-            reclaimed,
-        )
+        fields = list(_SLOT.unpack_from(self._map, self._base(index)))
+        fields[1] = State(fields[1])
+        fields[9] = fields[9].rstrip(b"\0").decode("ascii", "replace")
+        return SlotView(*fields)
 
     def occupied(self) -> list[tuple[int, SlotView]]:
         """Every slot in use, with its index (the metrics' bounded worker identity)."""
@@ -159,9 +144,13 @@ class Scoreboard:
 
     # -- worker side --------------------------------------------------------------------
     def start(self, index: int, pid: int, born: float, limit: int) -> None:
-        _SLOT.pack_into(
-            self._map, self._base(index), pid, State.RUNNING, born, born, 0, 0, limit, 0, 0, b"", 0, 0, 0, math.nan, 0
-        )
+        spawned = _D.unpack_from(self._map, self._base(index) + _OFFSETS["spawned"])[0]
+        self._pack(index, pid=pid, state=State.RUNNING, born=born, updated=born, limit=limit, spawned=spawned)
+
+    def set_due(self, index: int, due: float) -> None:
+        """When this worker projects to reach its soft limit (0: not soon): the master may start its
+        replacement now."""
+        _D.pack_into(self._map, self._base(index) + _OFFSETS["due"], due)
 
     def sample(self, index: int, now: float, value: int, rss: int, requests: int) -> None:
         base = self._base(index)

@@ -14,7 +14,7 @@ from gunicorn_memguard.policy.breaker import RetirementRate, starts_near_limit, 
 from gunicorn_memguard.policy.percentages import per_worker, resolve
 from gunicorn_memguard.probes.cgroup import ContainerMemory, MemoryCgroup, read_container_memory
 from gunicorn_memguard.settings import SettingsError, load_settings
-from gunicorn_memguard.shared.limits import PAUSE_BASELINE, PAUSE_RATE, SharedLimits
+from gunicorn_memguard.shared.limits import PAUSE_BASELINE, SharedLimits
 from gunicorn_memguard.units import Share
 from gunicorn_memguard.worker.reclaim import Reclaimer
 
@@ -64,12 +64,13 @@ def test_shared_budget_crosses_fork():
     pid = os.fork()
     if pid == 0:
         budget.set_limits(100, 200)
-        budget.pause_if_running(float("inf"), PAUSE_BASELINE, 1.0)
+        budget.fresh_worker(95, near_limit=True, well_below=False)
         os._exit(0)
     os.waitpid(pid, 0)
     assert budget.limits() == (100, 200)
-    assert budget.paused() == (float("inf"), PAUSE_BASELINE)
-    assert not budget.pause_if_running(50.0, PAUSE_RATE, 1.0), "already paused: the second trip stays quiet"
+    assert budget.paused() == (float("inf"), PAUSE_BASELINE) and budget.fresh_baseline() == 95
+    assert budget.fresh_worker(96, near_limit=True, well_below=False) is None, "already open: the second stays quiet"
+    assert budget.trips() == 1
 
 
 def test_starts_near_limit_and_resets_only_well_below():
@@ -78,10 +79,10 @@ def test_starts_near_limit_and_resets_only_well_below():
     assert starts_well_below(74, 100) and not starts_well_below(80, 100), "hysteresis wider than the jitter"
 
 
-def test_retirement_rate_trips_above_its_count_per_worker_and_recovers():
+def test_retirement_rate_is_over_above_its_count_per_worker_and_recovers():
     rate = RetirementRate(count=2, per=600)
     assert [rate.record(t, workers=2) for t in (0, 10, 20, 30)] == [None] * 4
-    assert rate.record(40, workers=2) == 600  # the 5th in 10 min: paused until the 1st leaves the window
+    assert rate.record(40, workers=2) == 5  # the 5th in 10 min: over 2 per worker, said with the count
     assert rate.record(700, workers=2) is None  # only 20..700 minus expired: back under
 
 

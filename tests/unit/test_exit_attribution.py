@@ -36,6 +36,8 @@ def slot(state: State = State.RUNNING, retire_started: float = 0.0, reason: str 
         exact_at=0.0,
         growth=float("nan"),
         reclaimed=0,
+        due=0.0,
+        spawned=99.0,
     )
 
 

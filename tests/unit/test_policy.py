@@ -7,7 +7,8 @@ from gunicorn_memguard.policy import Action, Sample, build_policy, draw_limit
 MiB = 2**20
 
 
-def policy(soft=100 * MiB, hard=None, jitter=0.0, min_lifetime=0.0, seed=1):
+def policy(soft=100 * MiB, hard=200 * MiB, jitter=0.0, min_lifetime=0.0, seed=1):
+    """By default a hard limit far above the soft one, so the soft limit's own rules show."""
     return build_policy(
         metric="uss", soft=soft, hard=hard, jitter=jitter, min_lifetime=min_lifetime, born=0.0, rng=random.Random(seed)
     )
@@ -56,7 +57,7 @@ def test_min_lifetime_defers_the_soft_limit_only():
     pol, _ = policy(min_lifetime=60)
     # samples at t=100.. with born=0 are all older than 60 s: make a young policy instead
     young, _ = build_policy(
-        metric="rss", soft=100 * MiB, hard=None, jitter=0.0, min_lifetime=60, born=100.0, rng=random.Random(1)
+        metric="rss", soft=100 * MiB, hard=200 * MiB, jitter=0.0, min_lifetime=60, born=100.0, rng=random.Random(1)
     )
     index, verdict = run(young, [150] * 120)
     assert index == 60 and verdict.reason == "soft_limit"  # first sample at age >= 60 s
@@ -96,3 +97,31 @@ def test_identically_leaking_workers_retire_at_different_times():
         pol, _ = policy(jitter=0.10, seed=seed)
         times.add(run(pol, trace)[0])
     assert len(times) >= 6
+
+
+# -- the ceiling -----------------------------------------------------------------------------
+def test_without_a_hard_limit_the_configured_limit_is_a_ceiling_above_the_jittered_one():
+    pol, effective = policy(hard=None, jitter=0.10, seed=3)
+    assert 90 * MiB <= effective < 100 * MiB and pol.ceiling == 100 * MiB
+    between = (effective + 100 * MiB) // 2
+    assert pol.judge(Sample(0, between)).action is Action.KEEP  # first strike
+    assert pol.judge(Sample(1, between)).action is Action.RETIRE  # in the band: graceful, may wait its turn
+    verdict = pol.judge(Sample(2, 100 * MiB + 1))
+    assert verdict.action is Action.RETIRE_NOW and verdict.reason == "ceiling"
+    assert "> ceiling 100.0 MiB" in verdict.detail
+
+
+def test_the_ceiling_holds_at_any_age_and_while_paused():
+    young, _ = build_policy(
+        metric="rss", soft=100 * MiB, hard=None, jitter=0.1, min_lifetime=3600, born=0.0, rng=random.Random(1)
+    )
+    young.paused = True
+    verdict = young.judge(Sample(0.01, 101 * MiB))
+    assert verdict.action is Action.RETIRE_NOW and verdict.reason == "ceiling"
+
+
+def test_a_hard_limit_is_the_ceiling_when_set():
+    pol, _ = policy(soft=100 * MiB, hard=120 * MiB)
+    assert pol.ceiling == 120 * MiB
+    assert pol.judge(Sample(0, 110 * MiB)).action is Action.KEEP
+    assert pol.judge(Sample(1, 121 * MiB)).reason == "hard_limit"

@@ -20,7 +20,7 @@ from gunicorn_memguard.report.prometheus import ScoreboardCollector
 from gunicorn_memguard.report.tally import Tally
 from gunicorn_memguard.report.telemetry import Telemetry
 from gunicorn_memguard.settings import Settings, SettingsError, load_settings
-from gunicorn_memguard.shared.limits import PAUSE_RATE, SharedLimits
+from gunicorn_memguard.shared.limits import SharedLimits
 from gunicorn_memguard.shared.scoreboard import Scoreboard, decode_reasons, encode_reasons
 
 MiB = 2**20
@@ -202,8 +202,8 @@ def test_collector_shows_growth_reclaim_breaker_and_resolved_limits():
     assert before["memguard_limit_bytes"] == {(("kind", "soft"),): 300 * MiB, (("kind", "hard"),): 400 * MiB}
     assert before["memguard_breaker_open"][()] == 0 and before["memguard_breaker_trips_total"][()] == 0
 
-    assert budget.pause_if_running(float("inf"), PAUSE_RATE, now=1.0)
-    assert not budget.pause_if_running(float("inf"), PAUSE_RATE, now=1.0)  # already open: not a new trip
+    assert budget.fresh_worker(290 * MiB, near_limit=True, well_below=False)
+    assert budget.fresh_worker(290 * MiB, near_limit=True, well_below=False) is None  # open: not a new trip
     with tally.lock:
         tally.fold(board.read(a), "graceful")
         board.release(a)
@@ -254,5 +254,5 @@ def test_a_failing_reporter_turns_itself_off_and_the_guard_still_acts(dry_run):
     )
     guard._check(from_timer=True)  # any RSS is over a 1-byte hard limit
     assert retired == ([] if dry_run else [True])
-    assert guard.telemetry is None and len(log.errors) == 1 and "reporting failed" in log.errors[0]
+    assert guard.publisher.telemetry is None and len(log.errors) == 1 and "reporting failed" in log.errors[0]
     assert not guard._broken, "the guard itself keeps working"

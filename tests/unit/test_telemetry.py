@@ -168,6 +168,8 @@ def test_collector_reads_the_scoreboard_and_counters_survive_the_exit():
         (("reason", "hard_limit"),): 1,
         (("reason", "soft_limit"),): 1,
         (("reason", "growth_rate"),): 0,
+        (("reason", "ceiling"),): 0,
+        (("reason", "total_memory"),): 0,
     }
     assert live["memguard_dry_run"][()] == 1 and live["memguard_limit_bytes"] == {(("kind", "soft"),): 256 * MiB}
 

@@ -24,6 +24,7 @@ class CrashLoop:
         self.on_trip = on_trip  # reports the trip to the event log and statsd
         self.baseline: int | None = None
         self._deferred_said = False
+        self._wait_until = 0.0  # monotonic: no need to ask the shared backoff before then
 
     def first_reading(self, baseline: int, limit: int | None) -> None:
         """Trip the breaker if this worker starts at or near its limit; reset it if well below."""
@@ -60,7 +61,10 @@ class CrashLoop:
         fresh = shared.fresh_baseline()
         if breaker.worth_replacing(verdict.value, fresh):
             return True
+        if time.monotonic() < self._wait_until:
+            return False  # the request path does not take the shared lock while it surely waits
         wait = shared.admit(time.time())
+        self._wait_until = time.monotonic() + min(wait, 1.0)
         if wait <= 0:
             self._deferred_said = False
             return True

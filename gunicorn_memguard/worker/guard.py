@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import enum
 import os
-import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ..policy import KEEP, Action, Growth, Reason, Sample, Verdict, build_policy
+from ..policy import KEEP, Action, Reason, Sample, Verdict
 from ..policy.forecast import Forecast
 from ..probes.memory import ProbeError
 from ..report.telemetry import Telemetry
@@ -30,6 +29,7 @@ from ..units import format_size
 from . import native
 from .crashloop import CrashLoop
 from .drain import Drain
+from .limits import WorkerLimits
 from .publish import Publisher
 from .reading import Reader
 from .reclaim import Reclaimer
@@ -84,21 +84,8 @@ class Guard:
         self.pid = os.getpid()
         self.born = time.monotonic()
         self.shared = shared
-        # The master resolved the limits (percentages need the worker count) before this fork;
-        # byte limits from the settings stand in if it could not.
-        self._shared_seen = shared.limits() if shared is not None else (None, None)
-        soft = self._shared_seen[0] or (settings.max_memory if isinstance(settings.max_memory, int) else None)
-        hard = self._shared_seen[1] or (settings.hard_max_memory if isinstance(settings.hard_max_memory, int) else None)
-        growth = None
-        if settings.max_growth is not None:
-            growth = Growth(
-                settings.max_growth, settings.growth_window, settings.growth_grace, settings.growth_interval
-            )
-        self.policy, self.limit = build_policy(
-            metric=settings.metric, soft=soft, hard=hard, jitter=settings.jitter, min_lifetime=settings.min_lifetime,
-            born=self.born, rng=random.Random(), growth=growth,  # gunicorn reseeds per worker: jitter differs
-        )  # fmt: skip
-        self._jitter_factor = self.limit / soft if self.limit and soft else 1.0
+        self.limits = WorkerLimits(settings, shared, self.born)
+        self.policy = self.limits.policy
         self.reader = Reader(settings.metric)
         self.forecast = Forecast()
         self.reclaimer = Reclaimer(settings.reclaim_interval) if settings.reclaim else None
@@ -122,6 +109,11 @@ class Guard:
         if self.turns is not None:
             self.turns.wake_master()  # a replacement the master waits for is ready now
         start_thread(self._run_sampler)
+
+    @property
+    def limit(self) -> int | None:
+        """This worker's effective (jittered) soft limit."""
+        return self.limits.soft
 
     @property
     def requests(self) -> int:
@@ -193,7 +185,7 @@ class Guard:
         if from_timer:
             self._publish(sample)
         if self.crash_loop.baseline is None and sample.exact:
-            self.crash_loop.first_reading(sample.value, self.limit)
+            self.crash_loop.first_reading(sample.value, self.limits.breaker_limit)
         with self._lock:
             if self.retiring is not None or self._reclaiming:
                 return KEEP, Step.NONE
@@ -245,22 +237,11 @@ class Guard:
         eta = self.forecast.eta(value, self.limit)
         self.turns.expect(eta if ready > 0 and eta <= SPARE_LEAD * ready + GRANT_POLL else None)
 
-    # -- shared limits: re-resolved percentages -----------------------------------------
     def _sync_shared_limits(self) -> None:
-        """Pick up limits the master re-resolved (the worker count changed)."""
-        if self.shared is None:
-            return
-        soft, hard = self.shared.limits()
-        if (soft, hard) == self._shared_seen:
-            return
-        self._shared_seen = (soft, hard)
-        was, self.limit = self.limit, int(soft * self._jitter_factor) if soft else None
-        self.policy.retarget(self.limit, hard if hard is not None else soft)
-        self.publisher.set_limit(self.limit)
-        self.log.info(
-            "memguard: worker pid=%s now has limit %s (was %s), ceiling %s: the master re-resolved them",
-            self.pid, _show(self.limit), _show(was), _show(self.policy.ceiling),
-        )  # fmt: skip
+        changed = self.limits.sync()
+        if changed is not None:
+            self.publisher.set_limit(self.limit)
+            self.log.info("memguard: worker pid=%s %s", self.pid, changed)
 
     # -- reclaim before retiring ----------------------------------------------------------
     def _reclaim(self, verdict: Verdict) -> tuple[Verdict, Step]:
@@ -305,6 +286,8 @@ class Guard:
     def _start_retirement(self, verdict: Verdict) -> None:
         age, requests = self.drain.started - self.born, self.requests
         self.drain.start(lambda: self.publisher.retirement(verdict, age, requests, dry_run=False))
+        if self.turns is not None:
+            self.turns.wake_master()  # it counts against the budget from now, and its replacement is due
 
     def _wait_turn(self, verdict: Verdict) -> None:
         """Over the soft limit: ask the master for a turn and keep serving until it grants one."""
@@ -343,7 +326,3 @@ class Guard:
         if self.retiring is None:
             self._stop.set()
         self.drain.exited(self.requests)
-
-
-def _show(size: int | None) -> str:
-    return "none" if size is None else format_size(size)

@@ -96,8 +96,7 @@ def main() -> None:
     )
     del live
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.unit import test_growth as traces
+    from . import traces
 
     print("\n## Growth monitor on synthetic traces (window 90m, grace 10m, interval 30s, 30 s samples, 40 seeds)")
     print("| trace | MEMGUARD_MAX_GROWTH | caught | min / median / max (min) |\n|---|---|---:|---|")

@@ -26,11 +26,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
 from ..policy.fleet import Candidate, free_turns, has_room, largest_over_budget, retirement_order
 from ..probes.cgroup import ContainerMemory, read_container_memory, read_working_set
-from ..probes.memory import process_pss
+from ..probes.memory import available_memory, process_pss
 from ..settings import Settings
 from ..shared.scoreboard import SLOT_ATTR, Scoreboard, SlotView, State
 from ..units import format_size
@@ -73,33 +71,6 @@ class Coordinator:
         self._beats: dict[int, float] = {}
         self._paused = False
         self._broken = False
-
-    # -- wiring -------------------------------------------------------------------------
-    def attach(self) -> None:
-        """Run `tick` at the start of every ``manage_workers`` and pause it across reloads.
-        Instance attributes shadow the methods, and gunicorn calls both through ``self``."""
-        manage_workers, reload = self.arbiter.manage_workers, self.arbiter.reload
-
-        def managed() -> None:
-            self.tick()
-            manage_workers()
-
-        def reloaded() -> None:
-            self._paused = True
-            self.retirements.clear()  # setup() resets num_workers: our raises vanish with it
-            try:
-                reload()
-            finally:
-                self._paused = False
-
-        self.arbiter.manage_workers = managed
-        self.arbiter.reload = reloaded
-        if self.total_budget is not None:
-            self.log.info(
-                "memguard: server-wide budget %s (sum of worker PSS; %s)",
-                format_size(self.total_budget),
-                self.container.describe(),
-            )
 
     def tick(self) -> None:
         if self._paused:
@@ -251,7 +222,7 @@ class Coordinator:
             if used is not None:
                 room.append(self.container.limit - used)
         else:
-            room.append(psutil.virtual_memory().available)
+            room.append(available_memory())
         if self.total_budget is not None:
             room.append(self.total_budget - sum(self._measure_total(workers).values()))
         return min(room) if room else None

@@ -1,7 +1,7 @@
 """Get memory back before retiring a worker for it: ``gc.collect()``, then glibc's ``malloc_trim(0)``.
 
 Freed glibc-heap memory often stays resident; ``malloc_trim(0)`` returned 93–100 % of it in tens of
-ms (RESEARCH §3). It cannot help pymalloc arenas pinned by a few live objects; only a new process
+ms in our measurements. It cannot help pymalloc arenas pinned by a few live objects; only a new process
 does. ``gc.collect()`` holds the GIL (the worker, or an async worker's event loop, waits for it);
 ``malloc_trim`` runs through ctypes with the GIL released. glibc's ``mallinfo2`` says first how much
 freed heap it holds, so a worker that is over its limit because of live memory (a leak) is retired

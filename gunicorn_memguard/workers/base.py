@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..master.runtime import install
+from ..hooks import install
 
 
 class MemguardWorker:

@@ -1,7 +1,8 @@
 import pytest
 
 from gunicorn_memguard.policy.fleet import Candidate, free_turns, has_room, largest_over_budget, retirement_order
-from gunicorn_memguard.settings import SettingsError, TotalMemory, load_settings
+from gunicorn_memguard.settings import SettingsError, load_settings
+from gunicorn_memguard.units import Share
 
 MiB = 2**20
 
@@ -46,7 +47,7 @@ def test_coordination_settings():
         {"memguard_max_total_memory": "75%"},
     )
     assert settings.max_concurrent_retirements == 3 and settings.spawn_first is False
-    assert settings.max_total_memory == TotalMemory(share=0.75)
+    assert settings.max_total_memory == Share(0.75)
     assert settings.max_total_memory.resolve(4 * 2**30) == 3 * 2**30
     assert load_settings({"MEMGUARD_MAX_TOTAL_MEMORY": "2GiB"}, {}).max_total_memory.resolve(1) == 2 * 2**30
     defaults = load_settings({}, {})
@@ -56,7 +57,7 @@ def test_coordination_settings():
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("MEMGUARD_MAX_CONCURRENT_RETIREMENTS", "0", "at least 1"),
+        ("MEMGUARD_MAX_CONCURRENT_RETIREMENTS", "0", "from 1 to"),
         ("MEMGUARD_MAX_CONCURRENT_RETIREMENTS", "two", "whole number"),
         ("MEMGUARD_MAX_TOTAL_MEMORY", "2048", "did you mean '2048MiB'"),
         ("MEMGUARD_MAX_TOTAL_MEMORY", "120%", "at most 100%"),

@@ -25,11 +25,10 @@ from .units import (
     BOOL_FORM,
     COUNT_RATE_FORM,
     DURATION_FORM,
-    PERCENT_FORM,
+    MAX_COUNT,
     RATE_FORM,
     SIZE_OR_CONTAINER_SHARE_FORM,
     SIZE_OR_SHARE_FORM,
-    MAX_COUNT,
     Share,
     Size,
     format_bool,
@@ -249,9 +248,7 @@ class Settings:
         "serve Prometheus metrics from the master on this port (needs the `prometheus` extra)",
         unset="unset (off)",
     )
-    prometheus_address = Setting(
-        _parse_address, "127.0.0.1", ADDRESS_FORM, "the address that endpoint listens on"
-    )
+    prometheus_address = Setting(_parse_address, "127.0.0.1", ADDRESS_FORM, "the address that endpoint listens on")
     # leak-aware policy: growth rate, reclaim before retiring, crash-loop breaker
     max_growth: Setting[float | None] = Setting(
         _parse_growth,

@@ -50,8 +50,9 @@ class SharedLimits:
             self._lock.release()
 
     def trips(self) -> int:
-        return struct.unpack_from("<q", self._map, 32)[0]  # type: ignore[no-any-return]
+        return int(struct.unpack_from("<q", self._map, 32)[0])
 
     def paused(self) -> tuple[float, int]:
         """(until, reason); until is 0 when recycling is not paused."""
-        return struct.unpack_from("<d q", self._map, 16)  # type: ignore[return-value]
+        until, reason = struct.unpack_from("<d q", self._map, 16)
+        return float(until), int(reason)

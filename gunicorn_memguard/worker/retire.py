@@ -99,7 +99,7 @@ class GeventDrain:
     def _recording(self, server_class: type) -> type:
         servers = self.servers
 
-        class Recorded(server_class):  # type: ignore[misc, valid-type]
+        class Recorded(server_class):
             def start(self) -> None:
                 servers.append(self)
                 super().start()

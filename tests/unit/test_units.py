@@ -71,7 +71,9 @@ def test_sizes_out_of_range_say_why(bad, message):
 
 
 def test_size_messages_name_the_form_of_the_setting_they_are_part_of():
-    with pytest.raises(ValueError, match="a size cannot be negative; expected a number with a unit: .* or a percentage"):
+    with pytest.raises(
+        ValueError, match="a size cannot be negative; expected a number with a unit: .* or a percentage"
+    ):
         parse_size_or_share("-5MiB")
     with pytest.raises(ValueError, match="of the container's memory"):
         parse_size_or_container_share("0%")

@@ -96,3 +96,15 @@ def test_identically_leaking_workers_retire_at_different_times():
         pol, _ = policy(jitter=0.10, seed=seed)
         times.add(run(pol, trace)[0])
     assert len(times) >= 6
+
+
+def test_policy_retarget_and_pause():
+    policy, _ = build_policy(
+        metric="uss", soft=100 * MiB, hard=200 * MiB, jitter=0.0, min_lifetime=0, born=0, rng=random.Random(0)
+    )
+    policy.retarget(50 * MiB, 150 * MiB)
+    assert policy.floor == 50 * MiB
+    assert [policy.judge(Sample(t, 60 * MiB)).reason for t in (1, 2)] == ["", "soft_limit"]
+    policy.paused = True
+    assert not policy.judge(Sample(3, 60 * MiB)).retires
+    assert policy.judge(Sample(4, 160 * MiB)).reason == "hard_limit", "the hard limit still applies"

@@ -401,6 +401,8 @@ def load_settings(env: Mapping[str, str], config: Mapping[str, object], config_n
             sources[setting.name] = origin
         except ValueError as exc:
             problems.append(f"{origin}={raw!r} is invalid: {exc}")
+        except (TypeError, OverflowError):  # a config value no parser foresaw: still one line, no traceback
+            problems.append(f"{origin}={raw!r} is invalid: expected {setting.form}")
 
     settings = Settings(**values, sources=sources)
     soft, hard = settings.max_memory, settings.hard_max_memory

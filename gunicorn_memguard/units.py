@@ -69,9 +69,15 @@ def _quantity(value: object, kind: str, units: dict[str, float] | dict[str, int]
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError(f"expected {form}")
     if not isinstance(value, str):
+        if abs(value) > 2**63 or not math.isfinite(value):
+            raise ValueError(f"expected {form}")
+        if value < 0:
+            raise ValueError(f"a {kind} cannot be negative; expected {form}")
         raise ValueError(f"a {kind} needs a unit; did you mean {_suggest(kind, value)!r}? Expected {form}")
     sign, number, unit = _split(value, form)
     if not unit:
+        if not math.isfinite(number) or number > 2**63:
+            raise ValueError(f"a {kind} needs a unit; expected {form}")
         raise ValueError(f"a {kind} needs a unit; did you mean {_suggest(kind, number)!r}? Expected {form}")
     if unit not in units:
         raise ValueError(f"unknown unit {unit!r}; expected {form}")

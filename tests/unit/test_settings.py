@@ -229,6 +229,15 @@ def test_bad_input_is_refused_with_the_variable_the_value_and_the_form(name, val
         ("memguard_check_interval", 5, "did you mean '5s'"),
         ("memguard_dry_run", ["yes"], "one of 1/0"),
         ("memguard_jitter", 0.1, "a percentage from 0% to 50%"),
+        # numbers no one means: no suggestion to make, and no OverflowError making one
+        ("memguard_max_memory", float("inf"), "expected a number with a unit"),
+        ("memguard_max_memory", 10**400, "expected a number with a unit"),
+        ("memguard_max_memory", "9" * 400, "a size needs a unit; expected"),
+        ("memguard_max_memory", -5, "a size cannot be negative"),
+        ("memguard_check_interval", float("nan"), "a duration from 10ms to 30 days"),
+        ("memguard_min_lifetime", "9" * 400, "a duration needs a unit; expected"),
+        ("memguard_prometheus_port", 10**400, "a TCP port number"),
+        ("memguard_jitter", "9" * 400 + "%", "a percentage from 0% to 50%"),
     ],
 )
 def test_config_values_of_the_wrong_type_are_refused(name, value, form):

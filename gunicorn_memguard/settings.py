@@ -148,11 +148,11 @@ class Setting(Generic[T]):
         self.show = show
         self.unset = unset  # how the README says what no value means
         self.name = ""
-        self.value: T | None = None  # the parsed default
+        self.parsed_default: T | None = None
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
-        self.value = None if self.default is None else self.parse(self.default)
+        self.parsed_default = None if self.default is None else self.parse(self.default)
 
     @property
     def env(self) -> str:
@@ -330,7 +330,7 @@ class Settings:
         unknown = sorted(set(values) - {s.name for s in SETTINGS})
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(unknown)}")
-        object.__setattr__(self, "_values", {s.name: values.get(s.name, s.value) for s in SETTINGS})
+        object.__setattr__(self, "_values", {s.name: values.get(s.name, s.parsed_default) for s in SETTINGS})
         object.__setattr__(self, "sources", dict(sources or {}))
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -343,7 +343,7 @@ class Settings:
         return hash(tuple(self._values.values()))
 
     def __repr__(self) -> str:
-        changed = (f"{s.name}={self._values[s.name]!r}" for s in SETTINGS if self._values[s.name] != s.value)
+        changed = (f"{s.name}={self._values[s.name]!r}" for s in SETTINGS if self._values[s.name] != s.parsed_default)
         return f"Settings({', '.join(changed)})"
 
     def describe(self) -> list[tuple[str, str, str]]:

@@ -51,7 +51,7 @@ def test_every_declaration_is_complete_and_its_default_is_in_its_own_form():
     for setting in SETTINGS:
         assert setting.form and setting.help and "\n" not in setting.help, setting.name
         if setting.default is not None:
-            assert setting.parse(setting.default) == setting.value, setting.name
+            assert setting.parse(setting.default) == setting.parsed_default, setting.name
 
 
 def test_readme_settings_table_is_generated_from_the_declarations():

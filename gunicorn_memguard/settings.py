@@ -342,6 +342,9 @@ class Settings:
     def __hash__(self) -> int:
         return hash(tuple(self._values.values()))
 
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle build a new object, never assign
+        return _rebuild, (self._values, dict(self.sources))
+
     def __repr__(self) -> str:
         changed = (f"{s.name}={self._values[s.name]!r}" for s in SETTINGS if self._values[s.name] != s.parsed_default)
         return f"Settings({', '.join(changed)})"
@@ -352,6 +355,10 @@ class Settings:
 
 
 SETTINGS: tuple[Setting[Any], ...] = tuple(v for v in vars(Settings).values() if isinstance(v, Setting))
+
+
+def _rebuild(values: dict[str, Any], sources: dict[str, str]) -> Settings:
+    return Settings(**values, sources=sources)
 
 
 class SettingsError(ValueError):

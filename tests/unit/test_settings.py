@@ -4,6 +4,8 @@ precedence, and every bad value refused with the setting, the value and the acce
 from __future__ import annotations
 
 import ast
+import copy
+import pickle
 import re
 import sys
 from dataclasses import FrozenInstanceError
@@ -113,6 +115,12 @@ def test_settings_are_frozen_and_take_only_declared_names():
         settings.other = 1  # type: ignore[attr-defined]
     with pytest.raises(TypeError, match="max_mem"):
         Settings(max_mem=1)
+
+
+def test_settings_copy_and_pickle_whole():
+    settings = load_settings({"MEMGUARD_MAX_MEMORY": "80%"}, {})
+    for again in (copy.deepcopy(settings), pickle.loads(pickle.dumps(settings))):
+        assert again == settings and again.sources == settings.sources and again.max_memory == Share(0.8)
 
 
 def test_describe_lists_every_setting_with_its_source():

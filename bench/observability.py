@@ -59,7 +59,7 @@ def main() -> None:
         rows.append(
             (
                 f"collect + render, {workers} workers (512-slot scoreboard)",
-                median_us(lambda: generate_latest(registry), 200),
+                median_us(lambda registry=registry: generate_latest(registry), 200),
             )
         )
 

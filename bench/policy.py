@@ -12,10 +12,8 @@ from __future__ import annotations
 import gc
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import SimpleNamespace
 
 from gunicorn_memguard.settings import Settings
@@ -96,8 +94,7 @@ def main() -> None:
     )
     del live
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.unit import test_growth as traces
+    from . import traces
 
     print("\n## Growth monitor on synthetic traces (window 90m, grace 10m, interval 30s, 30 s samples, 40 seeds)")
     print("| trace | MEMGUARD_MAX_GROWTH | caught | min / median / max (min) |\n|---|---|---:|---|")

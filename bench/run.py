@@ -163,8 +163,8 @@ def _granian(cls: WorkerClass, ceiling: int, env: dict[str, str], log: Path) -> 
 
 # memguard retires on RSS here because uWSGI and Granian can only do that; otherwise it runs at its
 # defaults (MEMGUARD_MAX_MEMORY alone). uWSGI's short minimum lifetime (2 s; its default of 60 s
-# would never retire a worker here) and Granian's sample interval (Granian's minimum, 1 s; its default is 30 s) are the benchmark's time
-# compression: headroom fills in seconds here, not hours.
+# would never retire a worker here) and Granian's sample interval (its minimum, 1 s; its default is
+# 30 s) are the benchmark's time compression: headroom fills in seconds here, not hours.
 MEMGUARD_ENV = {"MEMGUARD_MAX_MEMORY": "{ceiling}MiB", "MEMGUARD_METRIC": "rss"}
 CONTENDERS = {
     "none": Contender(_gunicorn(())),
@@ -494,7 +494,7 @@ class Run:
         windows = self.recycle_windows()
         r = self.requests
         out = []
-        for start, duration, ok in zip(r.start, r.duration, r.ok):
+        for start, duration, ok in zip(r.start, r.duration, r.ok, strict=False):
             busy = any(a <= start + duration and start <= b for a, b in windows)
             if ok and busy == during_recycles:
                 out.append(duration)
@@ -611,7 +611,7 @@ def plot(runs: list[Run], folder: Path) -> list[Path]:
             ax = axes[contenders.index(r.contender)][classes.index(r.cls)]
             ax.set_visible(True)
             for pid, series in r.timeline.series.items():
-                ts, rss = zip(*series)
+                ts, rss = zip(*series, strict=False)
                 (line,) = ax.plot(ts, [v / MiB for v in rss], linewidth=0.8)
                 if pid in r.timeline.left:
                     left = r.timeline.left[pid]
@@ -693,7 +693,7 @@ def overhead_table(results: list[Overhead]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for o in results:
-        p99 = [m / s for m, s in zip(o.p99["memguard"], o.p99["stock"])]
+        p99 = [m / s for m, s in zip(o.p99["memguard"], o.p99["stock"], strict=False)]
         lines.append(
             f"| {o.cls} | {_spread(o.ratios)} | {_spread(p99)} | {statistics.median(o.rps_stock):.0f} "
             f"| {_ms(statistics.median(o.p99['stock']))} | {_ms(statistics.median(o.p99['memguard']))} "

@@ -5,20 +5,22 @@
 from gunicorn_memguard.conf import *  # noqa: F401,F403  memguard's server hooks
 
 # -- memguard ------------------------------------------------------------------------------
-memguard_max_memory = "512MiB"  # soft limit per worker: retire gracefully above it
-memguard_hard_max_memory = "768MiB"  # hard limit: retire at once, no waiting
-memguard_metric = "uss"  # rss, uss or pss: what the limits apply to
-memguard_jitter = "10%"  # each worker's limit is drawn once in [90%, 100%] of max_memory
-memguard_min_lifetime = "30s"  # no soft-limit retirement of a younger worker
-memguard_check_interval = "1s"  # timer sampling, on top of a check after every request
+# Each setting's default, accepted form and meaning: the README's settings table, or
+#   memguard check -c memguard.conf.py
+memguard_max_memory = "512MiB"
+memguard_hard_max_memory = "768MiB"
+memguard_metric = "uss"
+memguard_jitter = "10%"
+memguard_min_lifetime = "30s"
+memguard_check_interval = "1s"
 # observability
-memguard_dry_run = False  # True: judge and report "would retire", retire nothing (tune limits first)
-# memguard_event_log = "/var/log/memguard.jsonl"  # one JSON object per event
+memguard_dry_run = False  # True first, to tune the limits on real traffic
+# memguard_event_log = "/var/log/memguard.jsonl"
 # memguard_prometheus_port = 9300  # metrics at http://127.0.0.1:9300/metrics (extra "prometheus")
 # coordination in the master
-memguard_max_concurrent_retirements = 1  # workers retired/replaced at once, furthest over first
-memguard_spawn_first = True  # a soft retiree's replacement loads its app before it stops accepting
-# memguard_max_total_memory = "80%"  # server-wide PSS budget (a size or % of the container)
+memguard_max_concurrent_retirements = 1
+memguard_spawn_first = True
+# memguard_max_total_memory = "80%"
 
 # -- gunicorn, as usual ----------------------------------------------------------------------
 workers = 4

@@ -1,35 +1,60 @@
-"""``memguard check [-c CONFIG]``: print the effective settings and where each came from; exit
-non-zero if any is bad. Reads the same sources, in the same order, as gunicorn under memguard."""
+"""``memguard check [-c CONFIG]``: print the effective settings and where each came from, and what
+a percentage limit resolves to on this machine; exit non-zero if any setting is bad. Reads the
+same sources, in the same order, as gunicorn under memguard."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from .settings import SettingsError, load_settings
+from . import __version__
+from .policy.percentages import resolve
+from .probes.cgroup import read_container_memory
+from .settings import Settings, SettingsError, config_namespace, load_settings
+from .units import Share, format_size
 
 
-def _config_namespace(location: str | None) -> tuple[Mapping[str, object], str]:
-    if not location:
-        return {}, "config"
-    if location.startswith("python:"):
-        return vars(importlib.import_module(location[len("python:") :])), location
-    spec = importlib.util.spec_from_file_location("__config__", location)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(location)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return vars(module), location
+def _worker_count(namespace: Mapping[str, object], name: str, env: Mapping[str, str]) -> tuple[int, str]:
+    """The worker count gunicorn would start with: the config's ``workers``, else
+    ``WEB_CONCURRENCY`` (gunicorn's default), else 1 — and where it came from."""
+    for raw, origin in ((namespace.get("workers"), f"workers in {name}"), (env.get("WEB_CONCURRENCY"), None)):
+        if raw is None:
+            continue
+        text = str(raw).strip()
+        if isinstance(raw, int) or (text.isascii() and text.isdigit()):
+            return max(int(text), 1), origin or "WEB_CONCURRENCY"
+    return 1, "gunicorn's default"
 
 
-def check(location: str | None) -> int:
+def resolved_lines(settings: Settings, namespace: Mapping[str, object], name: str, env: Mapping[str, str]) -> list[str]:
+    """What percentage limits come to on this machine, as the master would resolve them before
+    the first fork — except that the master also sets aside its own memory (after preload_app)."""
+    lines = []
+    soft, hard, total = settings.max_memory, settings.hard_max_memory, settings.max_total_memory
+    if isinstance(soft, Share) or isinstance(hard, Share) or isinstance(total, Share):
+        container = read_container_memory()
+        workers, origin = _worker_count(namespace, name, env)
+        if isinstance(soft, Share) or isinstance(hard, Share):
+            how = resolve(soft, hard, container, 0, workers).how.removeprefix("memguard: ")
+            lines.append(
+                f"on this machine, with {workers} workers ({origin}) and before the master's own memory is set aside: "
+                f"{how}"
+            )
+        if isinstance(total, Share):
+            lines.append(
+                f"on this machine: server-wide budget {total} = {format_size(total.resolve(container.available))} "
+                f"of {container.describe()}"
+            )
+    return lines
+
+
+def check(location: str | None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
     try:
-        namespace, name = _config_namespace(location)
-        settings = load_settings(os.environ, namespace, name)
+        namespace, name = config_namespace(location, run=True)
+        settings = load_settings(env, namespace, name)
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"memguard: bad setting: {problem}", file=sys.stderr)
@@ -38,20 +63,32 @@ def check(location: str | None) -> int:
         print(f"memguard: cannot read config {location!r}: {exc}", file=sys.stderr)
         return 2
     rows = settings.describe()
-    width = max(len(env) for env, _, _ in rows)
+    width = max(len(env_name) for env_name, _, _ in rows)
     value_width = max(len(value) for _, value, _ in rows)
-    for env, value, source in rows:
-        print(f"{env:<{width}}  {value:<{value_width}}  ({source})")
+    for env_name, value, source in rows:
+        print(f"{env_name:<{width}}  {value:<{value_width}}  ({source})")
+    for line in resolved_lines(settings, namespace, name, env):
+        print(line)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="memguard", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s (gunicorn-memguard) {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     check_parser = commands.add_parser("check", help="print the effective settings; non-zero exit on a bad one")
     check_parser.add_argument("-c", "--config", help="the gunicorn config: a file path or python:module")
     args = parser.parse_args(argv)
-    return check(args.config)
+    try:
+        status = check(args.config)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`memguard check | head -2`) after good settings (bad ones print
+        # to stderr only). Point stdout at /dev/null so the interpreter's final flush does not
+        # fail again with a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 gunicorn calls each hook by name from the config; a user's config that defines, say,
 ``post_worker_init`` after ``from gunicorn_memguard.conf import *`` would silently replace
-memguard's and lose the guard. So every master-side entry point re-composes: the user's hook
-runs first, memguard's after it (in ``finally``, so it runs even if the user's raises).
+memguard's and lose the guard. So every master-side entry point goes through `install`, which
+builds the master's runtime once and re-composes every time: the user's hook runs first,
+memguard's after it (in ``finally``, so it runs even if the user's raises).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from .master import runtime as master
+from .master import arbiter, exits, limits, runtime
 from .report.telemetry import Telemetry
+from .shared.scoreboard import SLOT_ATTR
 from .worker.guard import Guard
 from .worker.retire import retirement_for
 
-_guard: Guard | None = None  # the guard of this worker process, once post_worker_init ran
 _failed: set[str] = set()
 
 MARK = "__memguard__"
@@ -46,64 +47,87 @@ def _never_raises(hook: Callable[..., None]) -> Callable[..., None]:
 
 
 # -- master side ----------------------------------------------------------------------------
+def install(cfg: Any, log: Any, server: Any = None) -> runtime.Runtime:
+    """Idempotent: the master's runtime once, then memguard's hooks composed into ``cfg``.
+
+    Called from every master-side entry point (memguard's hooks, the worker classes'
+    ``check_config`` and constructors), so a config reloaded by HUP, or a user hook that
+    replaced one of memguard's, is composed again before the next fork.
+    """
+    master = runtime.install(cfg, log, server)
+    if master.settings.enabled:
+        for name in compose_into(cfg):
+            log.info("memguard: composed your %s hook with memguard's (yours runs first)", name)
+    return master
+
+
 @_never_raises
 def on_starting(server: Any) -> None:
-    master.install(server.cfg, server.log, server)  # bad settings: SystemExit, before any fork
+    install(server.cfg, server.log, server)  # bad settings: SystemExit, before any fork
 
 
 @_never_raises
 def when_ready(server: Any) -> None:
-    settings = master.install(server.cfg, server.log, server)
-    if settings.enabled:
-        master.watch_deaths(server)
-        master.serve_metrics(settings, server.log)
+    master = install(server.cfg, server.log, server)
+    if master.settings.enabled:
+        arbiter.watch_deaths(server, master.deaths)
+        master.serve_metrics(server.log)
         master.coordinate(server)
 
 
 @_never_raises
 def pre_fork(server: Any, worker: Any) -> None:
-    master.install(server.cfg, server.log, server)
-    master.resolve_limits(server)
+    master = install(server.cfg, server.log, server)
+    limits.resolve_limits(master, server)
     master.claim_slot(worker, server.log)
     master.coordinate(server)  # last: if it fails, workers still get slots and retire on their own
 
 
 @_never_raises
 def child_exit(server: Any, worker: Any) -> None:
-    master.report_exit(worker, server.log, server.cfg)
-    master.resolve_limits(server)
+    master = runtime.current()
+    if master is not None:
+        exits.report_exit(master, worker, server.log, server.cfg)
+        limits.resolve_limits(master, server)
 
 
 # -- worker side ----------------------------------------------------------------------------
 @_never_raises
 def post_worker_init(worker: Any) -> None:
-    global _guard
-    settings = master.STATE.settings
-    if settings is None or not settings.enabled or _guard is not None:
+    inherited = runtime.current()
+    if inherited is None or not inherited.settings.enabled or inherited.guard is not None:
         return
-    _guard = Guard(
+    inherited.guard = Guard(
         worker,
-        settings,
+        inherited.settings,
         retirement_for(worker),
         worker.log,
-        master.STATE.scoreboard,
-        getattr(worker, master.SLOT_ATTR, None),
-        telemetry=Telemetry(master.STATE.events, worker.log, worker.cfg),
-        shared=master.STATE.shared,
-        coordinated=master.STATE.coordinated,
+        inherited.scoreboard,
+        getattr(worker, SLOT_ATTR, None),
+        telemetry=Telemetry(inherited.events, worker.log, worker.cfg),
+        shared=inherited.shared,
+        coordinated=inherited.coordinated,
     )
+
+
+def _guard() -> Guard | None:
+    """The guard of this worker process, once post_worker_init ran."""
+    inherited = runtime.current()
+    return None if inherited is None else inherited.guard
 
 
 @_never_raises
 def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
-    if _guard is not None:
-        _guard.after_request()
+    guard = _guard()
+    if guard is not None:
+        guard.after_request()
 
 
 @_never_raises
 def worker_exit(server: Any, worker: Any) -> None:
-    if _guard is not None:
-        _guard.worker_exited()
+    guard = _guard()
+    if guard is not None:
+        guard.worker_exited()
 
 
 HOOKS: dict[str, Callable[..., None]] = {

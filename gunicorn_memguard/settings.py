@@ -1,251 +1,369 @@
-"""One frozen settings object, built once in the master from env vars, the config module, defaults.
+"""memguard's settings, each declared once, and the one frozen settings object built from them.
+
+Each setting is one `Setting` attribute of `Settings` — its parser, its default (written as a
+user would write it), the accepted form and a one-line help — as gunicorn declares its own in
+``gunicorn/config.py``. The README's settings table (``python -m gunicorn_memguard.settings
+--markdown``) and ``memguard check`` are built from these declarations.
 
 Precedence: ``MEMGUARD_*`` environment variables, then ``memguard_*`` variables in the gunicorn
-config module, then the defaults below. Every bad value — malformed, unknown name, out of range —
-is reported at once, each naming the setting, the value, where it came from and the accepted form.
+config module, then the defaults. Every bad value — malformed, unknown name, out of range — is
+reported at once, each naming the setting, the value, where it came from and the accepted form.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.util
 import ipaddress
+import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import FrozenInstanceError
+from typing import Any, Generic, TypeVar, overload
 
 from .units import (
     BOOL_FORM,
     COUNT_RATE_FORM,
     DURATION_FORM,
-    PERCENT_FORM,
+    MAX_COUNT,
     RATE_FORM,
-    SIZE_FORM,
+    SIZE_OR_CONTAINER_SHARE_FORM,
     SIZE_OR_SHARE_FORM,
     Share,
+    Size,
+    format_bool,
     format_count_rate,
     format_duration,
+    format_percent,
     format_rate,
-    format_size,
     format_size_or_share,
     parse_bool,
     parse_count_rate,
     parse_duration,
     parse_percent,
     parse_rate,
-    parse_size,
+    parse_size_or_container_share,
     parse_size_or_share,
+    parse_whole,
 )
 
 ENV_PREFIX = "MEMGUARD_"
 CONFIG_PREFIX = "memguard_"
 METRICS = ("rss", "uss", "pss")
 
+METRIC_FORM = "one of rss, uss, pss"
+JITTER_FORM = "a percentage from 0% to 50% (e.g. 10%)"
+INTERVAL_FORM = "a duration from 10ms to 30 days (e.g. 1s, 30s)"
+GROWTH_FORM = f"{RATE_FORM}, above zero"
+PORT_FORM = "a TCP port number from 1 to 65535 (e.g. 9300)"
+ADDRESS_FORM = "an IP address (e.g. 127.0.0.1, 0.0.0.0 or ::1)"
+PATH_FORM = "a file path, as a string (e.g. /var/log/memguard.jsonl)"
+WORKERS_FORM = f"a whole number of workers from 1 to {MAX_COUNT} (e.g. 1)"
+
+T = TypeVar("T")
+
 
 def _parse_metric(value: object) -> str:
-    text = str(value).strip().lower()
+    text = value.strip().lower() if isinstance(value, str) else ""
     if text not in METRICS:
-        raise ValueError("expected one of rss, uss, pss")
+        raise ValueError(f"expected {METRIC_FORM}")
     return text
 
 
 def _parse_jitter(value: object) -> float:
-    jitter = parse_percent(value)
+    try:
+        jitter = parse_percent(value)
+    except ValueError:
+        raise ValueError(f"expected {JITTER_FORM}") from None
     if not 0.0 <= jitter <= 0.5:
-        raise ValueError("expected a percentage from 0% to 50%")
+        raise ValueError(f"expected {JITTER_FORM}")
     return jitter
 
 
 def _parse_interval(value: object) -> float:
-    seconds = parse_duration(value)
+    seconds = parse_duration(value, INTERVAL_FORM)
     if seconds < 0.01:
-        raise ValueError(f"must be at least 10ms; expected {DURATION_FORM}")
+        raise ValueError(f"must be at least 10ms; expected {INTERVAL_FORM}")
     return seconds
-
-
-PORT_FORM = "a TCP port number from 1 to 65535 (e.g. 9300)"
-ADDRESS_FORM = "an IP address (e.g. 127.0.0.1, 0.0.0.0 or ::1)"
-PATH_FORM = "a file path (e.g. /var/log/memguard.jsonl)"
-
-
-def _parse_port(value: object) -> int:
-    try:
-        port = int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"expected {PORT_FORM}") from None
-    if not 1 <= port <= 65535:
-        raise ValueError(f"expected {PORT_FORM}")
-    return port
-
-
-def _parse_address(value: object) -> str:
-    try:
-        return str(ipaddress.ip_address(str(value).strip()))
-    except ValueError:
-        raise ValueError(f"expected {ADDRESS_FORM}") from None
-
-
-def _parse_path(value: object) -> str:
-    text = str(value).strip()
-    if not text:
-        raise ValueError(f"expected {PATH_FORM}")
-    return text
-
-
-def _show_optional(value: object) -> str:
-    return "unset" if value is None else str(value)
-
-
-def _parse_budget(value: object) -> int:
-    count = int(str(value).strip()) if str(value).strip().isdigit() else 0
-    if count < 1:
-        raise ValueError("expected a whole number of workers, at least 1 (e.g. 1)")
-    return count
-
-
-class TotalMemory(NamedTuple):
-    """A server-wide budget: a size in bytes, or a share of the container's memory."""
-
-    size: int | None = None
-    share: float | None = None
-
-    def resolve(self, container: int) -> int:
-        return self.size if self.size is not None else int(container * (self.share or 0.0))
-
-    def __str__(self) -> str:
-        return format_size(self.size) if self.size is not None else f"{(self.share or 0.0) * 100:g}% of the container"
-
-
-def _parse_total_memory(value: object) -> TotalMemory:
-    if isinstance(value, str) and value.strip().endswith("%"):
-        share = parse_percent(value)
-        if not 0.0 < share <= 1.0:
-            raise ValueError(
-                f"a share of the container must be above 0% and at most 100%; expected {SIZE_FORM} or {PERCENT_FORM}"
-            )
-        return TotalMemory(share=share)
-    try:
-        return TotalMemory(size=parse_size(value))
-    except ValueError as exc:
-        raise ValueError(f"{exc}; or {PERCENT_FORM} of the container") from None
-
-
-@dataclass(frozen=True)
-class Spec:
-    """How one setting is read and shown."""
-
-    parse: Callable[[object], Any]
-    form: str
-    show: Callable[[Any], str]
-    help: str
 
 
 def _parse_growth(value: object) -> float:
     rate = parse_rate(value)
     if rate <= 0:
-        raise ValueError(f"must be above zero; expected {RATE_FORM}")
+        raise ValueError(f"must be above zero; expected {GROWTH_FORM}")
     return rate
 
 
-def _show_rate(value: float | None) -> str:
-    return "unset" if value is None else format_rate(value)
+def _parse_port(value: object) -> int:
+    return parse_whole(value, PORT_FORM, 1, 65535)
 
 
-SPECS: dict[str, Spec] = {
-    "enabled": Spec(parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "turn memguard off without removing it"),
-    "max_memory": Spec(
-        parse_size_or_share,
-        SIZE_OR_SHARE_FORM,
-        format_size_or_share,
-        "soft limit per worker: retire gracefully above it",
-    ),
-    "hard_max_memory": Spec(
-        parse_size_or_share,
-        SIZE_OR_SHARE_FORM,
-        format_size_or_share,
-        "hard limit per worker: retire at once, no waiting",
-    ),
-    "metric": Spec(_parse_metric, "one of rss, uss, pss", str, "which memory figure the limits apply to"),
-    "jitter": Spec(
-        _parse_jitter, PERCENT_FORM, lambda v: f"{v * 100:g}%", "spread each worker's limit below max_memory"
-    ),
-    "check_interval": Spec(_parse_interval, DURATION_FORM, format_duration, "timer sampling period"),
-    "min_lifetime": Spec(
-        parse_duration,
-        DURATION_FORM,
-        format_duration,
-        "no soft-limit retirement younger than this (the ceiling applies at any age)",
-    ),
-    # observability
-    "dry_run": Spec(parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "decide and report, but retire nothing"),
-    "event_log": Spec(_parse_path, PATH_FORM, _show_optional, "append one JSON object per event to this file"),
-    "report_interval": Spec(_parse_interval, DURATION_FORM, format_duration, "how often to report a sample summary"),
-    "prometheus_port": Spec(_parse_port, PORT_FORM, _show_optional, "serve Prometheus metrics from the master"),
-    "prometheus_address": Spec(_parse_address, ADDRESS_FORM, str, "address the Prometheus endpoint listens on"),
-    # leak-aware policy: growth rate, reclaim before retiring, crash-loop breaker
-    "max_growth": Spec(_parse_growth, RATE_FORM, _show_rate, "retire a worker whose memory floor grows faster"),
-    "growth_window": Spec(_parse_interval, DURATION_FORM, format_duration, "how far back the growth rate is judged"),
-    "growth_grace": Spec(parse_duration, DURATION_FORM, format_duration, "warm-up after boot the growth rate ignores"),
-    "growth_interval": Spec(_parse_interval, DURATION_FORM, format_duration, "growth sampling and evaluation period"),
-    "reclaim": Spec(
-        parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "gc + malloc_trim before a soft-limit retirement"
-    ),
-    "reclaim_interval": Spec(
-        parse_duration, DURATION_FORM, format_duration, "at most one reclaim per worker this often"
-    ),
-    "max_retirements": Spec(
-        parse_count_rate, COUNT_RATE_FORM, format_count_rate, "per worker; above it soft-limit recycling pauses"
-    ),
-    # -- coordination in the master (one block)
-    "max_concurrent_retirements": Spec(
-        _parse_budget, "a whole number, at least 1", str, "workers retired/replaced at once"
-    ),
-    "spawn_first": Spec(
-        parse_bool, BOOL_FORM, lambda v: "yes" if v else "no", "start a replacement before a soft retirement"
-    ),
-    "max_total_memory": Spec(
-        _parse_total_memory,
-        f"{SIZE_FORM}, or {PERCENT_FORM} of the container",
-        lambda v: "unset" if v is None else str(v),
-        "server-wide PSS budget over all workers",
-    ),
-}
+def _parse_workers(value: object) -> int:
+    return parse_whole(value, WORKERS_FORM, 1, MAX_COUNT)
 
 
-@dataclass(frozen=True)
+def _parse_address(value: object) -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"expected {ADDRESS_FORM}") from None
+
+
+def _parse_path(value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise ValueError(f"expected {PATH_FORM}")
+    text = value.strip()
+    if text == "-":
+        raise ValueError(
+            f"'-' would be a file named '-', not standard output (for that, say /dev/stdout); expected {PATH_FORM}"
+        )
+    return text
+
+
+def _show_total(value: Size | Share) -> str:
+    return f"{value} of the container" if isinstance(value, Share) else format_size_or_share(value)
+
+
+class Setting(Generic[T]):
+    """One setting: how it is parsed and shown, its default, its accepted form and help.
+
+    Read from a `Settings` object it is the value; read from the class, the declaration. The
+    default is text in the accepted form (None: unset), parsed when the class is made, so a
+    default that its own parser refuses fails at import."""
+
+    def __init__(
+        self,
+        parse: Callable[[object], T],
+        default: str | None,
+        form: str,
+        help: str,
+        show: Callable[[Any], str] = str,
+        unset: str = "unset",
+    ) -> None:
+        self.parse = parse
+        self.default = default
+        self.form = form
+        self.help = help
+        self.show = show
+        self.unset = unset  # how the README says what no value means
+        self.name = ""
+        self.parsed_default: T | None = None
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        self.parsed_default = None if self.default is None else self.parse(self.default)
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def config(self) -> str:
+        return CONFIG_PREFIX + self.name
+
+    def shown(self, value: T | None) -> str:
+        return "unset" if value is None else self.show(value)
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Setting[T]: ...
+
+    @overload
+    def __get__(self, obj: Settings, owner: type) -> T: ...
+
+    def __get__(self, obj: Settings | None, owner: type) -> Setting[T] | T:
+        if obj is None:
+            return self
+        value: T = obj._values[self.name]
+        return value
+
+    def __set__(self, obj: Settings, value: T) -> None:
+        raise FrozenInstanceError(f"cannot assign to setting {self.name!r}")
+
+
 class Settings:
-    enabled: bool = True
-    max_memory: int | Share | None = None  # a Share becomes bytes in the master (see budget.py)
-    hard_max_memory: int | Share | None = None
-    metric: str = "uss"
-    jitter: float = 0.10
-    check_interval: float = 1.0
-    min_lifetime: float = 0.0
+    """The effective settings: one attribute per declared setting, frozen.
+
+    ``Settings(max_memory=2**30)`` takes parsed values (tests, benchmarks); `load_settings`
+    parses them from the environment and the config module and records where each came from."""
+
+    enabled = Setting(parse_bool, "yes", BOOL_FORM, "`no` turns memguard off without removing it", format_bool)
+    max_memory: Setting[int | Share | None] = Setting(
+        parse_size_or_share,
+        None,
+        SIZE_OR_SHARE_FORM,
+        "soft limit per worker: retire gracefully above it; a size, or a percentage of the memory available per "
+        "worker (`80%`, see [Container-relative limits](#container-relative-limits))",
+        format_size_or_share,
+        unset="unset (measure only)",
+    )
+    hard_max_memory: Setting[int | Share | None] = Setting(
+        parse_size_or_share,
+        None,
+        SIZE_OR_SHARE_FORM,
+        "hard limit, the ceiling when set: past it a worker stops accepting at once — no minimum lifetime, no "
+        "strikes, no waiting for a turn; a size or a percentage",
+        format_size_or_share,
+    )
+    metric = Setting(_parse_metric, "uss", METRIC_FORM, "`rss`, `uss` or `pss`: what the limits apply to")
+    jitter = Setting(
+        _parse_jitter,
+        "10%",
+        JITTER_FORM,
+        "each worker draws its own limit once, uniformly in `[max × (1 − jitter), max]`",
+        format_percent,
+    )
+    check_interval = Setting(
+        _parse_interval,
+        "1s",
+        INTERVAL_FORM,
+        "timer sampling period (on top of a check after every request)",
+        format_duration,
+    )
+    min_lifetime = Setting(
+        parse_duration,
+        "0s",
+        DURATION_FORM,
+        "a younger worker is not retired for the soft limit; the ceiling applies at any age",
+        format_duration,
+    )
     # observability
-    dry_run: bool = False
-    event_log: str | None = None
-    report_interval: float = 10.0
-    prometheus_port: int | None = None
-    prometheus_address: str = "127.0.0.1"
-    # leak-aware policy
-    max_growth: float | None = None  # bytes per second
-    growth_window: float = 5400.0
-    growth_grace: float = 600.0
-    growth_interval: float = 30.0
-    reclaim: bool = True
-    reclaim_interval: float = 60.0
-    max_retirements: tuple[int, float] | None = (10, 3600.0)
-    max_concurrent_retirements: int = 1
-    spawn_first: bool = True
-    max_total_memory: TotalMemory | None = None
-    # Where each value came from ("default", "env MEMGUARD_X", "config memguard_x"), for `check`.
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    dry_run = Setting(
+        parse_bool,
+        "no",
+        BOOL_FORM,
+        '`yes`: measure, judge, log and count "would retire", retire nothing',
+        format_bool,
+    )
+    event_log: Setting[str | None] = Setting(
+        _parse_path, None, PATH_FORM, "append one JSON object per event to this file"
+    )
+    report_interval = Setting(
+        _parse_interval,
+        "10s",
+        INTERVAL_FORM,
+        "how often each worker reads its metric exactly (one USS/PSS read, 0.4–17 ms, in the sampler thread) for "
+        "the metrics, and writes a sample summary to the event log and statsd",
+        format_duration,
+    )
+    prometheus_port: Setting[int | None] = Setting(
+        _parse_port,
+        None,
+        PORT_FORM,
+        "serve Prometheus metrics from the master on this port (needs the `prometheus` extra)",
+        unset="unset (off)",
+    )
+    prometheus_address = Setting(_parse_address, "127.0.0.1", ADDRESS_FORM, "the address that endpoint listens on")
+    # leak-aware policy: growth rate, reclaim before retiring, crash-loop breaker
+    max_growth: Setting[float | None] = Setting(
+        _parse_growth,
+        None,
+        GROWTH_FORM,
+        "retire a worker whose memory floor grows persistently faster than this, e.g. `50MiB/h` "
+        "([Growth rate](#growth-rate))",
+        format_rate,
+        unset="unset (off)",
+    )
+    growth_window = Setting(
+        _parse_interval, "90m", INTERVAL_FORM, "how far back the growth rate is judged", format_duration
+    )
+    growth_grace = Setting(
+        parse_duration,
+        "10m",
+        DURATION_FORM,
+        "warm-up after a worker starts that the growth rate ignores",
+        format_duration,
+    )
+    growth_interval = Setting(
+        _parse_interval,
+        "30s",
+        INTERVAL_FORM,
+        "one exact reading and one evaluation this often; at most 1/30 of the window",
+        format_duration,
+    )
+    reclaim = Setting(
+        parse_bool,
+        "yes",
+        BOOL_FORM,
+        "before a soft-limit retirement, try `gc.collect()` + `malloc_trim(0)` and retire only if still over "
+        "([Reclaim](#reclaim-before-retiring))",
+        format_bool,
+    )
+    reclaim_interval = Setting(
+        parse_duration,
+        "1m",
+        DURATION_FORM,
+        "at most one reclaim per worker this often; over the limit again sooner, it retires",
+        format_duration,
+    )
+    max_retirements: Setting[tuple[int, float] | None] = Setting(
+        parse_count_rate,
+        "10/1h",
+        COUNT_RATE_FORM,
+        "per worker; more soft-limit/growth retirements than this trip the "
+        "[crash-loop breaker](#crash-loop-breaker); `off` disables this test",
+        format_count_rate,
+    )
+    # coordination in the master
+    max_concurrent_retirements = Setting(
+        _parse_workers,
+        "1",
+        WORKERS_FORM,
+        "at most this many workers retired/replaced at once; the furthest over its limit goes first",
+    )
+    spawn_first = Setting(
+        parse_bool,
+        "yes",
+        BOOL_FORM,
+        "bring a soft-limit retiree's replacement up (app loaded) before it stops accepting",
+        format_bool,
+    )
+    max_total_memory: Setting[Size | Share | None] = Setting(
+        parse_size_or_container_share,
+        None,
+        SIZE_OR_CONTAINER_SHARE_FORM,
+        "server-wide budget, a size or `%` of the container: over it, the largest worker (by PSS) is retired, "
+        "one at a time",
+        _show_total,
+    )
+
+    __slots__ = ("_values", "sources")
+    _values: dict[str, Any]
+    sources: Mapping[str, str]  # where each value came from ("env MEMGUARD_X", "memguard_x in conf.py")
+
+    def __init__(self, *, sources: Mapping[str, str] | None = None, **values: Any) -> None:
+        unknown = sorted(set(values) - {s.name for s in SETTINGS})
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(unknown)}")
+        object.__setattr__(self, "_values", {s.name: values.get(s.name, s.parsed_default) for s in SETTINGS})
+        object.__setattr__(self, "sources", dict(sources or {}))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to {name!r}: settings are frozen")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Settings) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values.values()))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle build a new object, never assign
+        return _rebuild, (self._values, dict(self.sources))
+
+    def __repr__(self) -> str:
+        changed = (f"{s.name}={self._values[s.name]!r}" for s in SETTINGS if self._values[s.name] != s.parsed_default)
+        return f"Settings({', '.join(changed)})"
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(env name, shown value, source) for each setting, in declaration order."""
-        return [
-            (ENV_PREFIX + name.upper(), SPECS[name].show(getattr(self, name)), self.sources.get(name, "default"))
-            for name in SPECS
-        ]
+        return [(s.env, s.shown(self._values[s.name]), self.sources.get(s.name, "default")) for s in SETTINGS]
+
+
+SETTINGS: tuple[Setting[Any], ...] = tuple(v for v in vars(Settings).values() if isinstance(v, Setting))
+
+
+def _rebuild(values: dict[str, Any], sources: dict[str, str]) -> Settings:
+    return Settings(**values, sources=sources)
 
 
 class SettingsError(ValueError):
@@ -273,32 +391,34 @@ def load_settings(env: Mapping[str, str], config: Mapping[str, object], config_n
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
 
-    env_names = [ENV_PREFIX + n.upper() for n in SPECS]
+    env_names = [s.env for s in SETTINGS]
     for key in sorted(k for k in env if k.startswith(ENV_PREFIX)):
         if key not in env_names:
             problems.append(f"unknown setting {key} (environment){_unknown(key, env_names)}")
-    config_names = [CONFIG_PREFIX + n for n in SPECS]
+    config_names = [s.config for s in SETTINGS]
     for key in sorted(k for k in config if k.startswith(CONFIG_PREFIX)):
         if key not in config_names:
             problems.append(f"unknown setting {key} (in {config_name}){_unknown(key, config_names)}")
 
-    for name, spec in SPECS.items():
-        env_key, config_key = ENV_PREFIX + name.upper(), CONFIG_PREFIX + name
-        if env.get(env_key, "").strip():
-            raw, origin = env[env_key], f"env {env_key}"
-        elif config.get(config_key) is not None:
-            raw, origin = config[config_key], f"{config_key} in {config_name}"
+    for setting in SETTINGS:
+        raw: object
+        if env.get(setting.env, "").strip():
+            raw, origin = env[setting.env], f"env {setting.env}"
+        elif config.get(setting.config) is not None:
+            raw, origin = config[setting.config], f"{setting.config} in {config_name}"
         else:
             continue
         try:
-            values[name] = spec.parse(raw)
-            sources[name] = origin
+            values[setting.name] = setting.parse(raw)
+            sources[setting.name] = origin
         except ValueError as exc:
             problems.append(f"{origin}={raw!r} is invalid: {exc}")
+        except (TypeError, OverflowError):  # a config value no parser foresaw: still one line, no traceback
+            problems.append(f"{origin}={raw!r} is invalid: expected {setting.form}")
 
     settings = Settings(**values, sources=sources)
     soft, hard = settings.max_memory, settings.hard_max_memory
-    if soft and hard and type(soft) is type(hard) and _below(hard, soft):
+    if soft and hard and isinstance(soft, Share) is isinstance(hard, Share) and _below(hard, soft):
         problems.append(
             f"MEMGUARD_HARD_MAX_MEMORY ({format_size_or_share(hard)}) is below "
             f"MEMGUARD_MAX_MEMORY ({format_size_or_share(soft)}): the hard limit must be at least the soft one"
@@ -313,3 +433,70 @@ def load_settings(env: Mapping[str, str], config: Mapping[str, object], config_n
     if problems:
         raise SettingsError(problems)
     return settings
+
+
+def config_namespace(location: str | None, *, run: bool) -> tuple[Mapping[str, object], str]:
+    """The variables of a gunicorn config (``python:module`` or a file path), and its name.
+
+    gunicorn imports ``python:`` modules normally and keeps a config file it ran in
+    ``sys.modules['__config__']``; ``memguard_*`` variables are ignored by gunicorn, so memguard
+    reads them there. In the master (``run=False``) the config is never run a second time: what
+    gunicorn did not load has no variables. ``memguard check`` (``run=True``) runs it as gunicorn
+    would, and lets the OSError, ImportError or SyntaxError of a config that cannot be run out.
+    """
+    name = location or "config"
+    if location and location.startswith("python:"):
+        module_name = location[len("python:") :]
+        module = importlib.import_module(module_name) if run else sys.modules.get(module_name)
+    elif not run:
+        module = sys.modules.get("__config__")
+    elif not location:
+        return {}, name
+    else:
+        spec = importlib.util.spec_from_file_location("__config__", location)
+        if spec is None or spec.loader is None:
+            raise FileNotFoundError(location)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return ({} if module is None else vars(module)), name
+
+
+def markdown_table() -> str:
+    """The README's settings table, from the declarations."""
+    rows = ["| env var | config variable | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = s.unset if s.default is None else f"`{s.default}`"
+        rows.append(f"| `{s.env}` | `{s.config}` | {default} | {s.help} |")
+    return "\n".join(rows) + "\n"
+
+
+TABLE_START = "<!-- settings table: generated by `python -m gunicorn_memguard.settings --markdown README.md` -->\n"
+TABLE_END = "<!-- end of the settings table -->\n"
+
+
+def replace_table(text: str) -> str:
+    """``text`` (the README) with the generated table between its markers."""
+    head, start, rest = text.partition(TABLE_START)
+    _, end, tail = rest.partition(TABLE_END)
+    if not start or not end:
+        raise ValueError("the README has no settings table markers")
+    return head + start + markdown_table() + end + tail
+
+
+def main(argv: list[str]) -> int:
+    """``--markdown``: print the table; ``--markdown README.md``: rewrite the table in that file."""
+    if not argv or argv[0] != "--markdown" or len(argv) > 2:
+        print("usage: python -m gunicorn_memguard.settings --markdown [README.md]", file=sys.stderr)
+        return 2
+    if len(argv) == 1:
+        sys.stdout.write(markdown_table())
+        return 0
+    with open(argv[1], encoding="utf-8") as fh:
+        text = fh.read()
+    with open(argv[1], "w", encoding="utf-8") as fh:
+        fh.write(replace_table(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

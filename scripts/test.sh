@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up one venv per supported gunicorn major and run the test suite in each:
-# everything on the newest gunicorn, the integration tests again on the older ones.
+# lint (ruff, mypy) first, then everything on the newest gunicorn, the integration tests again
+# on the older ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -16,6 +17,10 @@ venv() {  # venv DIR GUNICORN_VERSION
 }
 
 venv .venv "$NEWEST"
+echo "== lint: ruff check, ruff format --check, mypy"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
 echo "== gunicorn $NEWEST: all tests"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 

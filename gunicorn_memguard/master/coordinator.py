@@ -27,12 +27,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
 from ..policy import Reason, breaker
 from ..policy.fleet import Candidate, free_turns, has_room, largest_over_budget, retirement_order
 from ..probes.cgroup import ContainerMemory, read_container_memory, read_working_set
-from ..probes.memory import process_pss
+from ..probes.memory import available_memory, process_pss
 from ..settings import Settings
 from ..shared.limits import SharedLimits
 from ..shared.scoreboard import SLOT_ATTR, Scoreboard, SlotView, State
@@ -89,33 +87,6 @@ class Coordinator:
         self.drain_first = 0  # retirees that reached the ceiling before their replacement was ready
         self._paused = False
         self._broken = False
-
-    # -- wiring -------------------------------------------------------------------------
-    def attach(self) -> None:
-        """Run `tick` at the start of every ``manage_workers`` and pause it across reloads.
-        Instance attributes shadow the methods, and gunicorn calls both through ``self``."""
-        manage_workers, reload = self.arbiter.manage_workers, self.arbiter.reload
-
-        def managed() -> None:
-            self.tick()
-            manage_workers()
-
-        def reloaded() -> None:
-            self._paused = True
-            self.retirements.clear()  # setup() resets num_workers: our raises vanish with it
-            try:
-                reload()
-            finally:
-                self._paused = False
-
-        self.arbiter.manage_workers = managed
-        self.arbiter.reload = reloaded
-        if self.total_budget is not None:
-            self.log.info(
-                "memguard: server-wide budget %s (sum of worker PSS; %s)",
-                format_size(self.total_budget),
-                self.container.describe(),
-            )
 
     def tick(self) -> None:
         if self._paused:
@@ -332,7 +303,7 @@ class Coordinator:
             if used is not None:
                 room.append(self.container.limit - used)
         else:
-            room.append(psutil.virtual_memory().available)
+            room.append(available_memory())
         if self.total_budget is not None:
             room.append(self.total_budget - sum(self._measure_total(workers).values()))
         return min(room) if room else None

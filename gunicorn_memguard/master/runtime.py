@@ -1,5 +1,6 @@
-"""Master-side adapter: build the settings once, share a scoreboard with the workers, make sure
-memguard's hooks are in gunicorn's config, and say how each worker ended.
+"""The master's side of memguard as one object: the settings, built once, and what they need —
+the scoreboard shared with the workers, the shared limits, the event log, the tally, the OOM
+watch, the breaker's retirement rate, the coordinator. Every forked worker inherits it.
 
 Everything here runs in the arbiter's main thread (or, on gunicorn 22/23, in its SIGCHLD
 handler, which only ever releases slots); the one master thread memguard adds serves the
@@ -10,98 +11,126 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import psutil
-
 from ..policy.breaker import BASELINE_RATIO, RetirementRate
-from ..policy.percentages import resolve
-from ..probes.cgroup import (
-    ContainerMemory,
-    MemoryCgroup,
-    find_memory_cgroup,
-    read_container_memory,
-    read_oom_kill_count,
-)
+from ..probes.cgroup import ContainerMemory, find_memory_cgroup
 from ..report.eventlog import EventLog
-from ..report.lines import Death, exit_report, signal_name
+from ..report.lines import Death
 from ..report.tally import Tally
-from ..report.telemetry import Telemetry
-from ..settings import Settings, SettingsError, load_settings
+from ..settings import Settings, SettingsError, config_namespace, load_settings
 from ..shared.limits import SharedLimits
 from ..shared.scoreboard import SLOT_ATTR, Scoreboard
-from ..units import Share, format_count_rate, format_duration, format_rate, format_size, format_size_or_share
+from ..units import format_count_rate, format_duration, format_rate, format_size, format_size_or_share
+from . import arbiter
 from .coordinator import Coordinator
-
-_NO_CONTAINER = ContainerMemory(limit=None, mem_total=0, cgroup=None)  # only byte limits: never read
-COORDINATOR_ATTR = "memguard_coordinator"
+from .exits import OomWatch
 
 
-class MasterState:
-    """What the master builds once and every forked worker inherits."""
+class Runtime:
+    """What the master builds once, before the first fork, and every forked worker inherits.
 
-    def __init__(self) -> None:
-        self.settings: Settings | None = None
-        self.scoreboard: Scoreboard | None = None
+    With memguard disabled only ``settings`` is set. ``guard`` is set in a worker process only,
+    on its own copy, once its guard runs."""
+
+    def __init__(self, settings: Settings, events: EventLog | None = None) -> None:
+        self.settings = settings
+        enabled = settings.enabled
+        self.scoreboard = Scoreboard() if enabled else None
+        self.shared = SharedLimits() if enabled else None
+        self.oom = OomWatch(find_memory_cgroup()) if enabled else None
+        rate = settings.max_retirements
+        self.rate = RetirementRate(*rate) if enabled and rate is not None else None
+        self.rate_warned_until = 0.0  # the retirement-rate warning is said at most once per window
         # observability
-        self.events: EventLog | None = None
+        self.events = events
         self.tally = Tally()
-        self.oom: OomWatch | None = None
         self.deaths: dict[int, Death] = {}  # pid -> how it ended, peeked before gunicorn reaps it
         self.metrics: Any = None  # prometheus.MetricsEndpoint, once serving
-        # leak-aware policy
-        self.shared: SharedLimits | None = None
+        # percentage limits (limits.py)
         self.container: ContainerMemory | None = None
         self.master_rss = 0
         self.workers = 0  # the worker count the limits were last resolved for
-        self.rate: RetirementRate | None = None
-        self.rate_warned_until = 0.0
-        # coordination
-        self.coordinated = False  # a coordinator runs in the master: soft retirements wait their turn
+        # coordination: once attached, soft retirements wait their turn
+        self.coordinator: Coordinator | None = None
+        self.guard: Any = None  # worker.guard.Guard, in a worker process
+
+    @property
+    def coordinated(self) -> bool:
+        return self.coordinator is not None
+
+    def serve_metrics(self, log: Any) -> None:
+        """Start the Prometheus endpoint once, in the master (from ``when_ready``: after gunicorn
+        daemonized, before the first fork). A port in use (say, the old master of a USR2 upgrade
+        still holds it) is logged and memguard carries on without the endpoint."""
+        settings = self.settings
+        if settings.prometheus_port is None or self.metrics is not None or self.scoreboard is None:
+            return
+        from ..report.prometheus import MetricsEndpoint, ScoreboardCollector
+
+        collector = ScoreboardCollector(self.scoreboard, self.tally, settings, self.shared)
+        try:
+            self.metrics = MetricsEndpoint(settings.prometheus_address, settings.prometheus_port, collector, log)
+        except OSError as exc:
+            log.error(
+                "memguard: cannot serve Prometheus metrics on %s port %s (MEMGUARD_PROMETHEUS_PORT): %s; "
+                "carrying on without them",
+                settings.prometheus_address,
+                settings.prometheus_port,
+                exc,
+            )
+            return
+        log.info("memguard: Prometheus metrics at %s", self.metrics.url)
+
+    def coordinate(self, server: Any) -> None:
+        """Attach the retirement coordinator to the arbiter once (idempotent; from ``when_ready`` for
+        the hook module and from ``pre_fork`` for both adoption paths, which runs before every fork)."""
+        if self.scoreboard is None or self.coordinator is not None:
+            return
+        coordinator = Coordinator(server, self.settings, self.scoreboard, server.log, shared=self.shared)
+        arbiter.attach_coordinator(server, coordinator)
+        self.coordinator = coordinator
+        if coordinator.total_budget is not None:
+            server.log.info(
+                "memguard: server-wide budget %s (sum of worker PSS; %s)",
+                format_size(coordinator.total_budget),
+                coordinator.container.describe(),
+            )
+
+    def claim_slot(self, worker: Any, log: Any) -> None:
+        """Give a worker about to fork its scoreboard slot (idempotent per worker object)."""
+        if self.scoreboard is None or getattr(worker, SLOT_ATTR, None) is not None:
+            return
+        slot = self.scoreboard.claim(time.time())
+        if slot is None:
+            log.warning("memguard: scoreboard full; this worker's exit will not be explained")
+        setattr(worker, SLOT_ATTR, slot)
 
 
-STATE = MasterState()
+_runtime: Runtime | None = None
 
 
-def config_namespace(cfg: Any) -> tuple[Mapping[str, object], str]:
-    """The variables of the gunicorn config module, without running it again.
-
-    gunicorn keeps a config file in ``sys.modules['__config__']`` and imports ``python:`` modules
-    normally; ``memguard_*`` variables are ignored by gunicorn, so memguard reads them here.
-    """
-    location = getattr(cfg, "config", None) or ""
-    if location.startswith("python:"):
-        module = sys.modules.get(location[len("python:") :])
-    else:
-        module = sys.modules.get("__config__")
-    if module is None:
-        return {}, location or "config"
-    return vars(module), location or "config"
+def current() -> Runtime | None:
+    """The runtime of this process (the master's, or a worker's inherited copy), once installed."""
+    return _runtime
 
 
 def load_from(cfg: Any, env: Mapping[str, str] | None = None) -> Settings:
-    namespace, name = config_namespace(cfg)
+    """The settings of gunicorn's config ``cfg``: the config module gunicorn ran, never run again."""
+    namespace, name = config_namespace(getattr(cfg, "config", None), run=False)
     return load_settings(os.environ if env is None else env, namespace, name)
 
 
-def install(cfg: Any, log: Any, server: Any = None) -> Settings:
-    """Idempotent: settings and scoreboard once, then memguard's hooks composed into ``cfg``.
-
-    Called from every master-side entry point (memguard's hooks, the worker classes'
-    ``check_config`` and constructors), so a config reloaded by HUP, or a user hook that
-    replaced one of memguard's, is composed again before the next fork.
-    """
-    from ..hooks import compose_into
-
-    if STATE.settings is None:
+def install(cfg: Any, log: Any, server: Any = None) -> Runtime:
+    """Build the runtime once (idempotent); bad settings log every problem and exit(1), before any fork."""
+    global _runtime
+    if _runtime is None:
         try:
-            STATE.settings = load_from(cfg)
-            if STATE.settings.enabled:
-                _open_outputs(STATE.settings)
+            settings = load_from(cfg)
+            events = _open_outputs(settings) if settings.enabled else None
         except SettingsError as exc:
             for problem in exc.problems:
                 log.error("memguard: bad setting: %s", problem)
@@ -110,21 +139,13 @@ def install(cfg: Any, log: Any, server: Any = None) -> Settings:
             if pidfile is not None:
                 pidfile.unlink()
             sys.exit(1)
-        settings = STATE.settings
+        _runtime = Runtime(settings, events)
         if settings.enabled:
-            STATE.scoreboard = Scoreboard()
-            STATE.oom = OomWatch(find_memory_cgroup())
-            STATE.shared = SharedLimits()
-            if settings.max_retirements is not None:
-                STATE.rate = RetirementRate(*settings.max_retirements)
             _announce(settings, cfg, log)
-    if STATE.settings.enabled:
-        for name in compose_into(cfg):
-            log.info("memguard: composed your %s hook with memguard's (yours runs first)", name)
-    return STATE.settings
+    return _runtime
 
 
-def _open_outputs(settings: Settings) -> None:
+def _open_outputs(settings: Settings) -> EventLog | None:
     """Problems with the event log or the Prometheus extra are settings errors: found before any fork."""
     if settings.prometheus_port is not None and importlib.util.find_spec("prometheus_client") is None:
         raise SettingsError(
@@ -133,77 +154,14 @@ def _open_outputs(settings: Settings) -> None:
                 f"pip install 'gunicorn-memguard[prometheus]'"
             ]
         )
-    if settings.event_log is not None:
-        try:
-            STATE.events = EventLog(settings.event_log)
-        except OSError as exc:
-            raise SettingsError(
-                [f"MEMGUARD_EVENT_LOG={settings.event_log!r} cannot be opened for appending: {exc.strerror}"]
-            ) from None
-
-
-def serve_metrics(settings: Settings, log: Any) -> None:
-    """Start the Prometheus endpoint once, in the master (from ``when_ready``: after gunicorn
-    daemonized, before the first fork). A port in use (say, the old master of a USR2 upgrade
-    still holds it) is logged and memguard carries on without the endpoint."""
-    if settings.prometheus_port is None or STATE.metrics is not None or STATE.scoreboard is None:
-        return
-    from ..report.prometheus import MetricsEndpoint, ScoreboardCollector
-
-    collector = ScoreboardCollector(STATE.scoreboard, STATE.tally, settings, STATE.shared)
+    if settings.event_log is None:
+        return None
     try:
-        STATE.metrics = MetricsEndpoint(settings.prometheus_address, settings.prometheus_port, collector, log)
+        return EventLog(settings.event_log)
     except OSError as exc:
-        log.error(
-            "memguard: cannot serve Prometheus metrics on %s port %s (MEMGUARD_PROMETHEUS_PORT): %s; "
-            "carrying on without them",
-            settings.prometheus_address,
-            settings.prometheus_port,
-            exc,
-        )
-        return
-    log.info("memguard: Prometheus metrics at %s", STATE.metrics.url)
-
-
-class OomWatch:
-    """Did the kernel OOM killer act in our cgroup since we last looked? (``oom_kill`` counter)"""
-
-    def __init__(self, cgroup: MemoryCgroup | None) -> None:
-        self.cgroup = cgroup
-        self.count = read_oom_kill_count(cgroup) if cgroup is not None else None
-
-    def rose(self) -> bool | None:
-        """True if the count rose since the last look, False if not, None if there is no count."""
-        if self.cgroup is None:
-            return None
-        count = read_oom_kill_count(self.cgroup)
-        if count is None:
-            return None
-        rose = self.count is not None and count > self.count
-        self.count = count
-        return rose
-
-
-def watch_deaths(arbiter: Any) -> None:
-    """Wrap the arbiter's ``reap_workers`` so that, just before gunicorn reaps, memguard peeks
-    (``waitid`` with ``WNOWAIT``) at how each dead worker ended: ``child_exit`` is not told."""
-    original: Callable[[], None] = arbiter.reap_workers
-    if getattr(original, "__memguard__", False):
-        return
-
-    def reap_workers() -> None:
-        try:
-            for pid in list(arbiter.WORKERS):  # a copy: on 22/23 SIGCHLD can change it under us
-                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-                if info is not None and info.si_pid == pid:
-                    exited = info.si_code == os.CLD_EXITED
-                    STATE.deaths[pid] = Death(None if exited else info.si_status, info.si_status if exited else None)
-        except Exception:  # noqa: BLE001 - without the peek, exits are reported as before
-            pass
-        original()
-
-    reap_workers.__memguard__ = True  # type: ignore[attr-defined]
-    arbiter.reap_workers = reap_workers
+        raise SettingsError(
+            [f"MEMGUARD_EVENT_LOG={settings.event_log!r} cannot be opened for appending: {exc.strerror}"]
+        ) from None
 
 
 def _announce(settings: Settings, cfg: Any, log: Any) -> None:
@@ -245,105 +203,3 @@ def _announce(settings: Settings, cfg: Any, log: Any) -> None:
             uri,
             cfg.threads,
         )
-
-
-def resolve_limits(server: Any) -> None:
-    """Resolve per-worker limits before the first fork and whenever the worker count changed
-    (TTIN/TTOU); live workers pick the new values up from the shared limits."""
-    settings, shared = STATE.settings, STATE.shared
-    coordinator = getattr(server, COORDINATOR_ATTR, None)  # a spawn-first raise is not a new worker count
-    workers = coordinator.wanted() if coordinator is not None else server.num_workers
-    if settings is None or shared is None or workers == STATE.workers:
-        return
-    first = STATE.workers == 0
-    STATE.workers = workers
-    if STATE.container is None and any(isinstance(x, Share) for x in (settings.max_memory, settings.hard_max_memory)):
-        STATE.container = read_container_memory()
-        STATE.master_rss = psutil.Process().memory_info().rss  # after preload_app, before the first fork
-    resolved = resolve(
-        settings.max_memory, settings.hard_max_memory, STATE.container or _NO_CONTAINER, STATE.master_rss, STATE.workers
-    )
-    shared.set_limits(resolved.soft, resolved.hard)
-    if resolved.how:
-        server.log.info("%s%s", resolved.how, "" if first else " (worker count changed)")
-        if resolved.soft and resolved.hard and resolved.hard < resolved.soft:
-            server.log.warning(
-                "memguard: the hard limit (%s) resolved below the soft limit (%s): workers will be retired at "
-                "once at the hard limit, never gracefully",
-                format_size(resolved.hard),
-                format_size(resolved.soft),
-            )
-
-
-def coordinate(server: Any) -> None:
-    """Attach the retirement coordinator to the arbiter once (idempotent; from ``when_ready`` for
-    the hook module and from ``pre_fork`` for both adoption paths, which runs before every fork)."""
-    if STATE.scoreboard is None or STATE.settings is None or getattr(server, COORDINATOR_ATTR, None) is not None:
-        return
-    coordinator = Coordinator(server, STATE.settings, STATE.scoreboard, server.log, shared=STATE.shared)
-    coordinator.attach()
-    setattr(server, COORDINATOR_ATTR, coordinator)
-    STATE.coordinated = True
-
-
-def claim_slot(worker: Any, log: Any) -> None:
-    """Give a worker about to fork its scoreboard slot (idempotent per worker object)."""
-    if STATE.scoreboard is None or getattr(worker, SLOT_ATTR, None) is not None:
-        return
-    slot = STATE.scoreboard.claim(time.time())
-    if slot is None:
-        log.warning("memguard: scoreboard full; this worker's exit will not be explained")
-    setattr(worker, SLOT_ATTR, slot)
-
-
-def report_exit(worker: Any, log: Any, cfg: Any) -> None:
-    slot = getattr(worker, SLOT_ATTR, None)
-    death = STATE.deaths.pop(worker.pid, None)
-    if STATE.scoreboard is None or slot is None:
-        return
-    now = time.time()
-    view = STATE.scoreboard.read(slot)
-    oom_killed = STATE.oom.rose() if STATE.oom is not None and death and death.signal == signal.SIGKILL else None
-    report = exit_report(worker.pid, view, now, death, oom_killed)
-    getattr(log, report.level)(report.message)
-    if view.pid == worker.pid and view.retire_started:
-        _count_retirement(log, cfg)
-    with STATE.tally.lock:  # a scrape sees the slot or the total, never both or neither
-        STATE.tally.fold(view, report.outcome)
-        STATE.scoreboard.release(slot)
-    setattr(worker, SLOT_ATTR, None)
-    if view.pid == worker.pid:
-        Telemetry(STATE.events, log, cfg).exit(
-            pid=worker.pid,
-            worker=slot,
-            outcome=report.outcome,
-            reason=view.reason or None,
-            drain=round(now - view.retire_started, 3) if view.retire_started else None,
-            age=round(now - view.born, 3),
-            requests=view.requests,
-            value=view.value,
-            rss=view.rss,
-            signal=signal_name(death.signal) if death and death.signal else None,
-            code=death.code if death else None,
-            oom_kills=STATE.oom.count if STATE.oom is not None and oom_killed is not None else None,
-        )
-
-
-def _count_retirement(log: Any, cfg: Any) -> None:
-    """Warn, at most once per window, when retirements outpace MEMGUARD_MAX_RETIREMENTS. A high rate
-    where fresh workers start well below their limit is a fast leak that recycling is handling:
-    it is said loudly, and recycling goes on (a crash loop is the baseline test's, in the worker)."""
-    if STATE.rate is None or STATE.settings is None:
-        return
-    now = time.time()
-    seen = STATE.rate.record(now, STATE.workers)
-    if seen is None or now < STATE.rate_warned_until:
-        return
-    count, per = STATE.settings.max_retirements or (0, 0.0)
-    STATE.rate_warned_until = now + per
-    log.warning(
-        "memguard: %s retirements within %s, more than MEMGUARD_MAX_RETIREMENTS=%s/%s per worker (%s workers): "
-        "a fast leak; recycling goes on and keeps every worker under its limit. Find the leak, or raise "
-        "MEMGUARD_MAX_MEMORY. (Said at most once per %s.)",
-        seen, format_duration(per), count, format_duration(per), STATE.workers, format_duration(per),
-    )  # fmt: skip

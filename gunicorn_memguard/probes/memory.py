@@ -1,6 +1,6 @@
 """Read the current process's memory: RSS cheaply on every request, USS/PSS only when needed.
 
-Measured costs (RESEARCH §1): ``pread`` on an fd of ``/proc/self/statm`` kept open costs ~2 µs
+Measured costs: ``pread`` on an fd of ``/proc/self/statm`` kept open costs ~2 µs
 whatever the process size; psutil's ``memory_info()`` costs 17-56 µs, which is why the hot path
 does not use it. ``/proc/self/smaps_rollup`` (USS, PSS) costs 0.4-17 ms, so it is read only when
 RSS, an upper bound of both, is over a limit. psutil is the fallback where /proc is missing.
@@ -98,3 +98,14 @@ def process_pss(pid: int) -> int | None:
         return int(psutil.Process(pid).memory_full_info().pss)
     except (psutil.Error, AttributeError):
         return None
+
+
+def own_rss() -> int:
+    """This process's resident set size in bytes, once (the master's, before the first fork)."""
+    return int(psutil.Process().memory_info().rss)
+
+
+def available_memory() -> int:
+    """Bytes the host can still give without swapping (``MemAvailable``), for a spawn-first
+    replacement when there is no container limit."""
+    return int(psutil.virtual_memory().available)

@@ -130,8 +130,10 @@ class ScoreboardCollector:
             ("soft", configured[0], self.settings.max_memory),
             ("hard", configured[1], self.settings.hard_max_memory),
         ):
-            if resolved is not None or isinstance(value, int):
-                limits.add_metric([kind], resolved if resolved is not None else value)
+            if resolved is not None:
+                limits.add_metric([kind], resolved)
+            elif isinstance(value, int):
+                limits.add_metric([kind], value)
         yield limits
         if self.shared is not None:
             yield GaugeMetricFamily(
@@ -211,6 +213,8 @@ class MetricsEndpoint:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
+        if isinstance(host, bytes):  # an AF_UNIX address; never, for the TCP address memguard binds
+            host = host.decode()
         return f"http://{f'[{host}]' if ':' in str(host) else host}:{port}/metrics"
 
     def _before_fork(self) -> None:

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..master.runtime import install
+from ..hooks import install
 
 
 class MemguardWorker:
+    cfg: Any  # set by gunicorn's Worker, the other base of every memguard worker class
+    log: Any
+
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
         """Runs in the master before the first fork: bad settings stop gunicorn here."""

@@ -69,12 +69,19 @@ def checked_after_each_request(app: ASGIApp, worker: Any) -> ASGIApp:
 
 
 def _is_asgi3(app: Any) -> bool:
-    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(getattr(app, "__call__", None))
+    # the instance's own __call__, a coroutine function for an ASGI 3 app object (callable() cannot tell)
+    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(getattr(app, "__call__", None))  # noqa: B004
 
 
 class _Guarded(MemguardWorker):
     memguard_server: Server | None = None
     memguard_loop: asyncio.AbstractEventLoop | None = None
+    # set or defined by uvicorn's worker, the other base of each class below
+    wsgi: Any
+    config: Any
+    sockets: Any
+    notify: Callable[[], None]
+    _install_sigquit_handler: Callable[[], None]
 
     def load_wsgi(self) -> None:
         super().load_wsgi()  # type: ignore[misc]

@@ -1,6 +1,7 @@
 """The leaky app behind a slow import (``SLOWBOOT_SECONDS``, default 2), like a large Django
 project: a new worker serves only once this has loaded. Prints ``app ready pid=N`` to stderr
-when loaded, and tags each response with ``X-Pid``, so a watcher outside can tell a booting worker from a serving one."""
+when loaded, and tags each response with ``X-Pid``, so a watcher outside can tell a booting
+worker from a serving one."""
 
 import os
 import sys

@@ -18,25 +18,19 @@ from gunicorn_memguard.probes.cgroup import (
 )
 from gunicorn_memguard.units import format_size
 
+from .conftest import (
+    HYBRID_UNIFIED_MOUNT,
+    MEMINFO,
+    MEMINFO_KB,
+    PROC_MOUNT,
+    V1_CPU_MOUNT,
+    V1_MEMORY_MOUNT,
+    V2_MOUNT,
+    make_tree,
+)
+
 GIB = 2**30
-MEMINFO_KB = 16 * 1024 * 1024  # 16 GiB host
-MEMINFO = f"MemTotal:       {MEMINFO_KB} kB\nMemFree:        1234 kB\n"
 V1_UNLIMITED = "9223372036854771712\n"
-
-V2_MOUNT = "30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
-V1_MEMORY_MOUNT = "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime shared:9 - cgroup cgroup rw,memory\n"
-V1_CPU_MOUNT = "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n"
-HYBRID_UNIFIED_MOUNT = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
-PROC_MOUNT = "22 1 0:20 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n"
-
-
-def make_tree(tmp_path: Path, files: dict[str, str]) -> str:
-    """Write ``files`` (absolute-looking paths -> content) under tmp_path; return it as root."""
-    for name, content in files.items():
-        target = tmp_path / name.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
-    return str(tmp_path)
 
 
 def under(root: str, path: str) -> str:

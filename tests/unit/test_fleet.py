@@ -1,7 +1,6 @@
-import pytest
+"""The master's retirement order, turns, room for a replacement and server-wide budget (``policy/fleet.py``)."""
 
 from gunicorn_memguard.policy.fleet import Candidate, free_turns, has_room, largest_over_budget, retirement_order
-from gunicorn_memguard.settings import SettingsError, TotalMemory, load_settings
 
 MiB = 2**20
 
@@ -38,32 +37,3 @@ def test_largest_over_budget():
     assert largest_over_budget(sizes, 130 * MiB) is None  # at the budget is not over it
     assert largest_over_budget(sizes, 100 * MiB) == 11  # a tie goes to the older (lower) pid
     assert largest_over_budget({}, 0) is None
-
-
-def test_coordination_settings():
-    settings = load_settings(
-        {"MEMGUARD_MAX_CONCURRENT_RETIREMENTS": "3", "MEMGUARD_SPAWN_FIRST": "off"},
-        {"memguard_max_total_memory": "75%"},
-    )
-    assert settings.max_concurrent_retirements == 3 and settings.spawn_first is False
-    assert settings.max_total_memory == TotalMemory(share=0.75)
-    assert settings.max_total_memory.resolve(4 * 2**30) == 3 * 2**30
-    assert load_settings({"MEMGUARD_MAX_TOTAL_MEMORY": "2GiB"}, {}).max_total_memory.resolve(1) == 2 * 2**30
-    defaults = load_settings({}, {})
-    assert (defaults.max_concurrent_retirements, defaults.spawn_first, defaults.max_total_memory) == (1, True, None)
-
-
-@pytest.mark.parametrize(
-    ("name", "value", "message"),
-    [
-        ("MEMGUARD_MAX_CONCURRENT_RETIREMENTS", "0", "at least 1"),
-        ("MEMGUARD_MAX_CONCURRENT_RETIREMENTS", "two", "whole number"),
-        ("MEMGUARD_MAX_TOTAL_MEMORY", "2048", "did you mean '2048MiB'"),
-        ("MEMGUARD_MAX_TOTAL_MEMORY", "120%", "at most 100%"),
-        ("MEMGUARD_SPAWN_FIRST", "maybe", "yes/no"),
-    ],
-)
-def test_bad_coordination_settings_name_the_setting_and_the_form(name, value, message):
-    with pytest.raises(SettingsError) as caught:
-        load_settings({name: value}, {})
-    assert name in str(caught.value) and repr(value) in str(caught.value) and message in str(caught.value)

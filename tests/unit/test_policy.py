@@ -125,3 +125,15 @@ def test_a_hard_limit_is_the_ceiling_when_set():
     assert pol.ceiling == 120 * MiB
     assert pol.judge(Sample(0, 110 * MiB)).action is Action.KEEP
     assert pol.judge(Sample(1, 121 * MiB)).reason == "hard_limit"
+
+
+def test_policy_retarget_and_pause():
+    policy, _ = build_policy(
+        metric="uss", soft=100 * MiB, hard=200 * MiB, jitter=0.0, min_lifetime=0, born=0, rng=random.Random(0)
+    )
+    policy.retarget(50 * MiB, 150 * MiB)
+    assert policy.floor == 50 * MiB
+    assert [policy.judge(Sample(t, 60 * MiB)).reason for t in (1, 2)] == ["", "soft_limit"]
+    policy.paused = True
+    assert not policy.judge(Sample(3, 60 * MiB)).retires
+    assert policy.judge(Sample(4, 160 * MiB)).reason == "hard_limit", "the hard limit still applies"

@@ -1,5 +1,5 @@
 """Event log, statsd through gunicorn's own Statsd logger, the master's tally and the Prometheus
-collector over a real scoreboard, and the observability settings."""
+collector over a real scoreboard (the observability settings are in test_settings.py)."""
 
 from __future__ import annotations
 
@@ -19,39 +19,11 @@ from gunicorn_memguard.report.eventlog import SCHEMA_VERSION, EventLog
 from gunicorn_memguard.report.prometheus import ScoreboardCollector
 from gunicorn_memguard.report.tally import Tally
 from gunicorn_memguard.report.telemetry import Telemetry
-from gunicorn_memguard.settings import Settings, SettingsError, load_settings
+from gunicorn_memguard.settings import Settings
 from gunicorn_memguard.shared.limits import SharedLimits
 from gunicorn_memguard.shared.scoreboard import Scoreboard, decode_reasons, encode_reasons
 
 MiB = 2**20
-
-
-# -- settings -------------------------------------------------------------------------------
-def test_observability_settings():
-    settings = load_settings(
-        {"MEMGUARD_DRY_RUN": "yes", "MEMGUARD_PROMETHEUS_PORT": "9300"},
-        {"memguard_event_log": "events.jsonl", "memguard_prometheus_address": "::1"},
-    )
-    assert settings.dry_run and settings.prometheus_port == 9300 and settings.prometheus_address == "::1"
-    assert settings.event_log == "events.jsonl" and settings.report_interval == 10.0
-    defaults = Settings()
-    assert not defaults.dry_run and defaults.prometheus_port is None and defaults.prometheus_address == "127.0.0.1"
-
-
-@pytest.mark.parametrize(
-    "name,value,form",
-    [
-        ("MEMGUARD_PROMETHEUS_PORT", "http", "a TCP port number from 1 to 65535"),
-        ("MEMGUARD_PROMETHEUS_PORT", "70000", "a TCP port number from 1 to 65535"),
-        ("MEMGUARD_PROMETHEUS_ADDRESS", "localhost", "an IP address"),
-        ("MEMGUARD_REPORT_INTERVAL", "10", "did you mean '10s'"),
-        ("MEMGUARD_DRY_RUN", "maybe", "one of 1/0"),
-    ],
-)
-def test_bad_observability_settings_name_the_value_and_form(name, value, form):
-    with pytest.raises(SettingsError) as err:
-        load_settings({name: value}, {})
-    assert f"{name}={value!r} is invalid" in str(err.value) and form in str(err.value)
 
 
 # -- event log ------------------------------------------------------------------------------

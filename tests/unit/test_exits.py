@@ -1,21 +1,24 @@
-"""How the master explains a worker's end: its scoreboard slot, how the kernel says it died, and
-whether the cgroup's oom_kill counter rose — the counter read from cgroup fixture trees."""
+"""How the master explains a worker's end (``master/exits.py``, ``report/lines.py``): its
+scoreboard slot, how the kernel says it died (peeked, left for gunicorn to reap), and whether the
+cgroup's oom_kill counter rose — the counter read from cgroup fixture trees."""
 
 from __future__ import annotations
 
+import os
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from gunicorn_memguard.master.runtime import OomWatch
+from gunicorn_memguard.master.exits import OomWatch, peek_deaths
 from gunicorn_memguard.probes.cgroup import find_memory_cgroup
 from gunicorn_memguard.report.lines import Death, exit_report
 from gunicorn_memguard.shared.scoreboard import SlotView, State
 
-from .test_cgroup import PROC_MOUNT, V1_MEMORY_MOUNT, V2_MOUNT, make_tree
+from .conftest import PROC_MOUNT, V1_MEMORY_MOUNT, V2_MOUNT, MiB, make_tree
 
-MiB = 2**20
 KILLED = Death(signal.SIGKILL, None)
 
 
@@ -114,3 +117,33 @@ def test_ends_during_a_retirement() -> None:
     assert killed.outcome == "killed_while_retiring"
     assert "was killed by the kernel OOM killer" in killed.message
     assert "2.0s into its retirement (reason=hard_limit)" in killed.message
+
+
+def _child(body: Callable[[], None]) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            body()
+        finally:
+            os._exit(3)
+    return pid
+
+
+def test_deaths_are_peeked_and_left_for_gunicorn_to_reap() -> None:
+    killed = _child(signal.pause)
+    exited = _child(lambda: None)  # exits with status 3
+    running = _child(lambda: time.sleep(30))
+    os.kill(killed, signal.SIGKILL)
+    deaths: dict[int, Death] = {}
+    try:
+        deadline = time.monotonic() + 10
+        while len(deaths) < 2 and time.monotonic() < deadline:
+            peek_deaths([killed, exited, running], deaths)
+            time.sleep(0.01)
+        assert deaths == {killed: Death(signal.SIGKILL, None), exited: Death(None, 3)}
+        # WNOWAIT: both are still there for gunicorn's own waitpid
+        assert os.waitstatus_to_exitcode(os.waitpid(killed, 0)[1]) == -signal.SIGKILL
+        assert os.waitstatus_to_exitcode(os.waitpid(exited, 0)[1]) == 3
+    finally:
+        os.kill(running, signal.SIGKILL)
+        os.waitpid(running, 0)

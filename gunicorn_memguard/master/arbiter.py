@@ -1,0 +1,71 @@
+"""Every change memguard makes to gunicorn's arbiter object, in one place.
+
+Each patch replaces one method with an instance attribute that calls memguard, then the original;
+gunicorn calls these methods through ``self``, so the instance attribute shadows the class's method
+for this arbiter only. Each patch is applied once (marked) and keeps the original's signature.
+Why each is safe is said at each function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..report.lines import Death
+from .coordinator import Coordinator
+from .exits import peek_deaths
+
+MARK = "__memguard__"
+
+
+def watch_deaths(arbiter: Any, deaths: dict[int, Death]) -> None:
+    """Wrap ``reap_workers`` so that, just before gunicorn reaps, memguard peeks at how each dead
+    worker ended into ``deaths``.
+
+    Safe: the peek uses ``WNOWAIT``, so every child is still there for gunicorn's own
+    ``waitpid``; it works on a copy of ``WORKERS`` (on gunicorn 22/23 SIGCHLD can change it under
+    us, as ``reap_workers`` runs in that handler); and any error skips the peek, after which exits
+    are reported as without it, and gunicorn's reaping runs regardless."""
+    original: Callable[[], None] = arbiter.reap_workers
+    if getattr(original, MARK, False):
+        return
+
+    def reap_workers() -> None:
+        try:
+            peek_deaths(list(arbiter.WORKERS), deaths)
+        except Exception:  # noqa: BLE001 - without the peek, exits are reported as before
+            pass
+        original()
+
+    setattr(reap_workers, MARK, True)
+    arbiter.reap_workers = reap_workers
+
+
+def attach_coordinator(arbiter: Any, coordinator: Coordinator) -> None:
+    """Run `Coordinator.tick` at the start of every ``manage_workers``, and pause it across reloads.
+
+    Safe: ``manage_workers`` runs in the arbiter's main thread, at the point where gunicorn itself
+    reconciles ``num_workers`` with ``WORKERS``, so the coordinator's changes are made where
+    gunicorn expects them (``coordinator.py`` says which it makes), and ``tick`` never raises.
+    ``reload`` resets ``num_workers`` to the configured count, so the coordinator forgets its
+    raises for replacements before it and stays paused until the reload is done."""
+    if getattr(arbiter.manage_workers, MARK, False):
+        return
+    manage_workers, reload = arbiter.manage_workers, arbiter.reload
+
+    def managed() -> None:
+        coordinator.tick()
+        manage_workers()
+
+    def reloaded() -> None:
+        coordinator._paused = True
+        coordinator.retirements.clear()  # setup() resets num_workers: our raises vanish with it
+        try:
+            reload()
+        finally:
+            coordinator._paused = False
+
+    setattr(managed, MARK, True)
+    setattr(reloaded, MARK, True)
+    arbiter.manage_workers = managed
+    arbiter.reload = reloaded

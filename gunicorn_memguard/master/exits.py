@@ -1,0 +1,102 @@
+"""How each worker ended, said once by the master: the kernel's word on the death (peeked before
+gunicorn reaps it), the cgroup's OOM-kill counter, the worker's scoreboard slot; and the
+crash-loop breaker's count of graceful retirements."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..probes.cgroup import MemoryCgroup, read_oom_kill_count
+from ..report.lines import Death, exit_report, signal_name
+from ..report.telemetry import Telemetry
+from ..shared.scoreboard import SLOT_ATTR
+from ..units import format_duration
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+
+class OomWatch:
+    """Did the kernel OOM killer act in our cgroup since we last looked? (``oom_kill`` counter)"""
+
+    def __init__(self, cgroup: MemoryCgroup | None) -> None:
+        self.cgroup = cgroup
+        self.count = read_oom_kill_count(cgroup) if cgroup is not None else None
+
+    def rose(self) -> bool | None:
+        """True if the count rose since the last look, False if not, None if there is no count."""
+        if self.cgroup is None:
+            return None
+        count = read_oom_kill_count(self.cgroup)
+        if count is None:
+            return None
+        rose = self.count is not None and count > self.count
+        self.count = count
+        return rose
+
+
+def peek_deaths(pids: list[int], deaths: dict[int, Death]) -> None:
+    """Record how each dead worker among ``pids`` ended, leaving it for gunicorn to reap:
+    ``waitid`` with ``WNOWAIT`` (``child_exit`` is not told the status)."""
+    for pid in pids:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is not None and info.si_pid == pid:
+            exited = info.si_code == os.CLD_EXITED
+            deaths[pid] = Death(None if exited else info.si_status, info.si_status if exited else None)
+
+
+def report_exit(runtime: Runtime, worker: Any, log: Any, cfg: Any) -> None:
+    slot = getattr(worker, SLOT_ATTR, None)
+    death = runtime.deaths.pop(worker.pid, None)
+    if runtime.scoreboard is None or slot is None:
+        return
+    now = time.time()
+    view = runtime.scoreboard.read(slot)
+    oom = runtime.oom
+    oom_killed = oom.rose() if oom is not None and death and death.signal == signal.SIGKILL else None
+    report = exit_report(worker.pid, view, now, death, oom_killed)
+    getattr(log, report.level)(report.message)
+    if view.pid == worker.pid and view.retire_started:
+        _count_retirement(runtime, log, cfg)
+    with runtime.tally.lock:  # a scrape sees the slot or the total, never both or neither
+        runtime.tally.fold(view, report.outcome)
+        runtime.scoreboard.release(slot)
+    setattr(worker, SLOT_ATTR, None)
+    if view.pid == worker.pid:
+        Telemetry(runtime.events, log, cfg).exit(
+            pid=worker.pid,
+            worker=slot,
+            outcome=report.outcome,
+            reason=view.reason or None,
+            drain=round(now - view.retire_started, 3) if view.retire_started else None,
+            age=round(now - view.born, 3),
+            requests=view.requests,
+            value=view.value,
+            rss=view.rss,
+            signal=signal_name(death.signal) if death and death.signal else None,
+            code=death.code if death else None,
+            oom_kills=oom.count if oom is not None and oom_killed is not None else None,
+        )
+
+
+def _count_retirement(runtime: Runtime, log: Any, cfg: Any) -> None:
+    """Warn, at most once per window, when retirements outpace MEMGUARD_MAX_RETIREMENTS. A high rate
+    where fresh workers start well below their limit is a fast leak that recycling is handling:
+    it is said loudly, and recycling goes on (a crash loop is the baseline test's, in the worker)."""
+    if runtime.rate is None:
+        return
+    now = time.time()
+    seen = runtime.rate.record(now, runtime.workers)
+    if seen is None or now < runtime.rate_warned_until:
+        return
+    count, per = runtime.settings.max_retirements or (0, 0.0)
+    runtime.rate_warned_until = now + per
+    log.warning(
+        "memguard: %s retirements within %s, more than MEMGUARD_MAX_RETIREMENTS=%s/%s per worker (%s workers): "
+        "a fast leak; recycling goes on and keeps every worker under its limit. Find the leak, or raise "
+        "MEMGUARD_MAX_MEMORY. (Said at most once per %s.)",
+        seen, format_duration(per), count, format_duration(per), runtime.workers, format_duration(per),
+    )  # fmt: skip

@@ -40,6 +40,7 @@ from bench.harness import ROOT, Gunicorn, free_port, poll
 MiB = 2**20
 RESULTS = ROOT / "bench" / "results"
 SAMPLE_EVERY = 0.02  # seconds between outside memory samples
+OWN_LIMIT = re.compile(r"retiring worker pid=(\d+) .*? limit=(\d+) ")
 WORKERS = 2
 
 
@@ -454,6 +455,14 @@ class Run:
     leaked: int
     timeline: Timeline
     requests: Requests
+    limits: dict[int, int] = field(default_factory=dict)  # pid -> its own soft limit, from memguard's log
+
+    @property
+    def peak_over_own_limit(self) -> float | None:
+        """The highest peak of a worker retired by memguard ÷ that worker's own (jittered) limit."""
+        ratios = [max(v for _, v in self.timeline.series[pid]) / limit for pid, limit in self.limits.items()
+                  if pid in self.timeline.series and limit]  # fmt: skip
+        return max(ratios, default=None)
 
     @property
     def recycles(self) -> int:
@@ -525,7 +534,8 @@ def run_one(
         finally:
             server.stop()
         leaked = sum(int(Path(ledger, f).read_text() or 0) for f in os.listdir(ledger))
-    return Run(workload, cls_name, contender, ceiling, baseline, leaked, timeline, requests)
+    own = {int(pid): int(limit) for pid, limit in OWN_LIMIT.findall(log.read_text(errors="replace"))}
+    return Run(workload, cls_name, contender, ceiling, baseline, leaked, timeline, requests, own)
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -542,9 +552,9 @@ def _ms(value: float) -> str:
 
 def run_table(runs: list[Run]) -> str:
     lines = [
-        "| workload | class | contender | leaked MiB | recycles | ÷ needed | peak ÷ ceiling | failed "
-        "| min serving | p50 ms | p99 ms | p99 steady ms | p99 in recycles ms | req/s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | class | contender | leaked MiB | recycles | ÷ needed | peak ÷ ceiling | peak ÷ own limit "
+        "| failed | min serving | p50 ms | p99 ms | p99 steady ms | p99 in recycles ms | req/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         steady, busy = r.latencies(False), r.latencies(True)
@@ -552,11 +562,16 @@ def run_table(runs: list[Run]) -> str:
         lines.append(
             f"| {r.workload} | {r.cls} | {r.contender} | {r.leaked / MiB:.0f} | {r.recycles} "
             f"| {_ratio(r.recycles, r.needed)} "
-            f"| {r.peak / (r.ceiling * MiB):.2f} | {r.requests.failed} | {r.min_serving} "
+            f"| {r.peak / (r.ceiling * MiB):.2f} | {_own(r)} | {r.requests.failed} | {r.min_serving} "
             f"| {_ms(_pct(everything, 0.5))} | {_ms(_pct(everything, 0.99))} | {_ms(_pct(steady, 0.99))} "
             f"| {_ms(_pct(busy, 0.99))} | {len(everything) / max(r.requests.wall, 1e-9):.0f} |"
         )
     return "\n".join(lines)
+
+
+def _own(run: Run) -> str:
+    ratio = run.peak_over_own_limit
+    return "—" if ratio is None else f"{ratio:.2f}"
 
 
 def _ratio(recycles: int, needed: float) -> str:

@@ -300,8 +300,8 @@ class Settings:
         parse_count_rate,
         "10/1h",
         COUNT_RATE_FORM,
-        "per worker; more soft-limit/growth retirements than this trip the "
-        "[crash-loop breaker](#crash-loop-breaker); `off` disables this test",
+        "per worker; more retirements than this log one warning per window with the rate (recycling goes "
+        "on: see [crash-loop breaker](#crash-loop-breaker)); `off` silences it",
         format_count_rate,
     )
     # coordination in the master

@@ -58,12 +58,8 @@ def attach_coordinator(arbiter: Any, coordinator: Coordinator) -> None:
         manage_workers()
 
     def reloaded() -> None:
-        coordinator._paused = True
-        coordinator.retirements.clear()  # setup() resets num_workers: our raises vanish with it
-        try:
+        with coordinator.reloading():
             reload()
-        finally:
-            coordinator._paused = False
 
     setattr(managed, MARK, True)
     setattr(reloaded, MARK, True)

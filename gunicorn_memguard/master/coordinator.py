@@ -22,27 +22,27 @@ child); without it a decision would wait for the loop's 1 s timeout.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..policy import Reason, breaker
-from ..policy.fleet import Candidate, free_turns, has_room, largest_over_budget, retirement_order
-from ..probes.cgroup import ContainerMemory, read_container_memory, read_working_set
-from ..probes.memory import available_memory, process_pss
+from ..policy import Reason
+from ..policy.fleet import Candidate, free_turns, has_room, retirement_order
+from ..probes.cgroup import ContainerMemory
 from ..settings import Settings
 from ..shared.limits import SharedLimits
 from ..shared.scoreboard import SLOT_ATTR, Scoreboard, SlotView, State
 from ..units import format_size
+from .readiness import Readiness
+from .room import Room
 
 TOTAL_REASON = Reason.TOTAL_MEMORY
 # A spare started for a worker predicted to reach its soft limit replaces it anyway if the worker
 # has not got there this many replacement boot times after the spare was ready (at least 2 s).
 STALL_BOOTS = 3.0
 STALL_MIN = 2.0
-# Boot times remembered to publish the slowest recent one.
-BOOTS_KEPT = 5
 # States of a worker that is leaving: each counts against the retirement budget.
 LEAVING = (State.GRANTED, State.RETIRING, State.EXITED, State.OVERRAN)
 
@@ -74,19 +74,24 @@ class Coordinator:
         self.settings = settings
         self.scoreboard = scoreboard
         self.log = log
-        self.container = container or read_container_memory()
-        budget = settings.max_total_memory
-        self.total_budget = budget.resolve(self.container.available) if budget is not None else None
+        self.room = Room(settings, container, shared)
+        self.readiness = Readiness(shared)
         self.retirements: dict[int, Retirement] = {}
-        self.total = 0  # last measured sum of the workers' PSS, when a total budget is set
         self._next_total_check = 0.0
-        self._beats: dict[int, float] = {}
-        self.shared = shared
-        self._boots: deque[float] = deque(maxlen=BOOTS_KEPT)
-        self._booted: set[int] = set()
         self.drain_first = 0  # retirees that reached the ceiling before their replacement was ready
         self._paused = False
         self._broken = False
+
+    @contextlib.contextmanager
+    def reloading(self) -> Iterator[None]:
+        """Paused across a HUP reload: ``setup()`` resets ``num_workers``, so memguard's raises for
+        replacements vanish with it and are forgotten first."""
+        self._paused = True
+        self.retirements.clear()
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def tick(self) -> None:
         if self._paused:
@@ -112,7 +117,7 @@ class Coordinator:
         workers = dict(self.arbiter.WORKERS)
         views = self._views(workers)
         self._forget_gone(workers)
-        self._measure_boots(views)
+        self.readiness.measure_boots(views)
         self._advance(now, workers, views)
         busy = len(self.retirements) + sum(
             1 for pid, view in views.items() if pid not in self.retirements and view.state in LEAVING
@@ -127,19 +132,9 @@ class Coordinator:
             busy += 1
         if self.settings.spawn_first:
             busy += self._start_spares(now, workers, views, busy)
-        if self.total_budget is not None and now >= self._next_total_check:
+        if self.room.total_budget is not None and now >= self._next_total_check:
             self._next_total_check = now + self.settings.check_interval
             self._enforce_total(now, workers, views, busy)
-
-    def _measure_boots(self, views: dict[int, SlotView]) -> None:
-        """How long this server's workers take from fork to app loaded: the slowest recent one is
-        what a worker's forecast must look ahead by (published through the shared limits)."""
-        for pid, view in views.items():
-            if pid not in self._booted and view.spawned > 0 and view.born >= view.spawned:
-                self._booted.add(pid)
-                self._boots.append(view.born - view.spawned)
-                if self.shared is not None:
-                    self.shared.set_ready_time(max(self._boots))
 
     def _start_spares(self, now: float, workers: dict[int, Any], views: dict[int, SlotView], busy: int) -> int:
         """Predictive spawn-first: a worker whose forecast reaches its soft limit within a few boot
@@ -175,9 +170,7 @@ class Coordinator:
                     "its retirement slot is free again",
                     pid,
                 )
-        for pid in [pid for pid in self._beats if pid not in workers]:
-            del self._beats[pid]
-        self._booted &= set(workers)
+        self.readiness.forget(workers)
 
     def wanted(self) -> int:
         """The worker count gunicorn wants, without memguard's temporary raises for replacements."""
@@ -193,7 +186,7 @@ class Coordinator:
             for pid, worker in workers.items()
             if pid not in granted
             and not (pid in views and views[pid].state in LEAVING)
-            and self._ready(pid, worker, views)
+            and self.readiness.ready(pid, worker, views)
         }
         for retirement in sorted(self.retirements.values(), key=lambda r: r.started):
             view = views.get(retirement.target)
@@ -235,8 +228,7 @@ class Coordinator:
             return True
         if retirement.spare_ready == 0.0:
             retirement.spare_ready = now
-        ready_time = self.shared.ready_time() if self.shared is not None else 0.0
-        if now - retirement.spare_ready < max(STALL_MIN, STALL_BOOTS * ready_time):
+        if now - retirement.spare_ready < max(STALL_MIN, STALL_BOOTS * self.readiness.ready_time()):
             return False
         self.log.info(
             "memguard: worker pid=%s has not reached its limit %.1fs after its replacement was ready (its growth "
@@ -245,17 +237,6 @@ class Coordinator:
         )  # fmt: skip
         return True
 
-    def _ready(self, pid: int, worker: Any, views: dict[int, SlotView]) -> bool:
-        """The worker has loaded its app: its guard has started, or (without a slot) its heartbeat
-        has moved — the master's ``booted`` flag is never set."""
-        if pid in views:
-            return True
-        try:
-            beat = worker.tmp.last_update()
-        except (OSError, ValueError):
-            return False
-        return self._beats.setdefault(pid, beat) != beat
-
     def _start(
         self, now: float, pid: int, reason: str, workers: dict[int, Any], views: dict[int, SlotView],
         early: bool = False,
@@ -263,7 +244,7 @@ class Coordinator:
         """Start a retirement; True if a replacement was started first."""
         expected = min((v.rss for v in views.values() if v.rss), default=0)
         if early:
-            if not has_room(self._headroom(workers), expected):
+            if not has_room(self.room.headroom(workers), expected):
                 return False  # no spare ahead of time: at its soft limit it drains first
             self.retirements[pid] = Retirement(pid, reason, now, raised=True, granted=False, early=True)
             self.arbiter.num_workers += 1
@@ -277,7 +258,7 @@ class Coordinator:
         if not self.settings.spawn_first or reason == TOTAL_REASON:
             self._grant(retirement, workers)
             return False
-        headroom = self._headroom(workers)
+        headroom = self.room.headroom(workers)
         if not has_room(headroom, expected):
             self._grant(retirement, workers)
             self.log.warning(
@@ -293,60 +274,23 @@ class Coordinator:
         self.log.info("memguard: worker pid=%s may retire (reason=%s); starting its replacement first", pid, reason)
         return True
 
-    def _headroom(self, workers: dict[int, Any]) -> int | None:
-        """Bytes one more worker may take: the container's limit less its working set (what the OOM
-        killer weighs), else the host's free memory; and the server-wide budget less the total now."""
-        room: list[int] = []
-        cgroup = self.container.cgroup
-        if self.container.limit is not None and cgroup is not None:
-            used = read_working_set(cgroup)
-            if used is not None:
-                room.append(self.container.limit - used)
-        else:
-            room.append(available_memory())
-        if self.total_budget is not None:
-            room.append(self.total_budget - sum(self._measure_total(workers).values()))
-        return min(room) if room else None
-
     def _enforce_total(self, now: float, workers: dict[int, Any], views: dict[int, SlotView], busy: int) -> None:
-        budget = self.total_budget or 0
-        sizes = self._measure_total(workers)
+        """Over the server-wide budget, the largest worker retires, drain-first, one at a time."""
         if any(r.reason == TOTAL_REASON for r in self.retirements.values()):
             return  # one at a time: the next is judged once this one is gone
-        staying = {
-            pid: size
-            for pid, size in sizes.items()
-            if pid not in self.retirements and pid in views and views[pid].state not in LEAVING
-        }
-        leaving = self.total - sum(staying.values())  # still counted: it is freed only at exit
-        victim = largest_over_budget(staying, budget - leaving)
-        if victim is None or free_turns(self.settings.max_concurrent_retirements, busy) == 0:
+        staying = {pid for pid, v in views.items() if pid not in self.retirements and v.state not in LEAVING}
+        over = self.room.over_budget(workers, staying)
+        if over is None or free_turns(self.settings.max_concurrent_retirements, busy) == 0:
             return
-        if not self._admit(sizes[victim]):
+        victim, size = over
+        if not self.room.admit(size):
             return
         self.log.warning(
-            "memguard: workers' total PSS %s > max_total_memory %s; retiring the largest, pid=%s "
-            "(pss %s), before the kernel has to",
-            format_size(self.total),
-            format_size(budget),
-            victim,
-            format_size(sizes[victim]),
-        )
+            "memguard: workers' total PSS %s > max_total_memory %s; retiring the largest, pid=%s (pss %s), "
+            "before the kernel has to",
+            format_size(self.room.total), format_size(self.room.total_budget or 0), victim, format_size(size),
+        )  # fmt: skip
         self._start(now, victim, TOTAL_REASON, workers, views)
-
-    def _admit(self, size: int) -> bool:
-        """In a crash loop, the server-wide budget's retirements wait for the same backoff as the
-        workers' own unless the worker is clearly bigger than a fresh one (``policy/breaker.py``)."""
-        shared = self.shared
-        if shared is None or not shared.crash_loop() or breaker.worth_replacing(size, shared.fresh_baseline()):
-            return True
-        return shared.admit(time.time()) <= 0
-
-    def _measure_total(self, workers: dict[int, Any]) -> dict[int, int]:
-        """Each worker's PSS, read by the master (0.4-17 ms each, so only with a total budget)."""
-        sizes = {pid: size for pid in workers if (size := process_pss(pid)) is not None}
-        self.total = sum(sizes.values())
-        return sizes
 
     # -- acting -------------------------------------------------------------------------
     def _grant(self, retirement: Retirement, workers: dict[int, Any]) -> None:

@@ -93,11 +93,11 @@ class Runtime:
         coordinator = Coordinator(server, self.settings, self.scoreboard, server.log, shared=self.shared)
         arbiter.attach_coordinator(server, coordinator)
         self.coordinator = coordinator
-        if coordinator.total_budget is not None:
+        if coordinator.room.total_budget is not None:
             server.log.info(
                 "memguard: server-wide budget %s (sum of worker PSS; %s)",
-                format_size(coordinator.total_budget),
-                coordinator.container.describe(),
+                format_size(coordinator.room.total_budget),
+                coordinator.room.container.describe(),
             )
 
     def claim_slot(self, worker: Any, log: Any) -> None:

@@ -25,21 +25,18 @@ from ..report.telemetry import Telemetry
 from ..settings import Settings
 from ..shared.limits import SharedLimits
 from ..shared.scoreboard import Scoreboard
-from ..units import format_size
 from . import native
 from .crashloop import CrashLoop
 from .drain import Drain
 from .limits import WorkerLimits
 from .publish import Publisher
 from .reading import Reader
-from .reclaim import Reclaimer
+from .reclaim import Reclaimer, freeze_inherited
 from .retire import Retire
-from .turns import Turns
+from .turns import WAIT_LINE, Turns
 
 # While waiting for the master's go-ahead, how often the sampler looks for it (an 8-byte read).
 GRANT_POLL = 0.05
-# Tell the master a worker is due this many replacement boot times ahead (a boot varies).
-SPARE_LEAD = 2.0
 
 StartThread = Callable[[Callable[[], None]], None]
 
@@ -104,6 +101,7 @@ class Guard:
         # Shared with the sampler OS thread: unpatched primitives even under gevent.
         self._lock = native.allocate_lock()
         self._stop = native.StopFlag()
+        freeze_inherited()
         if scoreboard is not None and slot is not None:
             scoreboard.start(slot, self.pid, time.time(), self.limit or 0)
         if self.turns is not None:
@@ -225,17 +223,10 @@ class Guard:
         return Step.RETIRE
 
     def _expect(self) -> None:
-        """Predictive spawn-first: tell the master when this worker will reach its soft limit if that
-        is within a few replacement boot times, so the replacement is ready when it gets there."""
+        """Predictive spawn-first (``Turns.expect``), with the spare's lead from the master's boot times."""
         assert self.turns is not None
-        if self.limit is None or not self.settings.spawn_first or self.shared is None:
-            return
-        value = self.reader.estimate()
-        if value < self.limit // 2 and self.turns.due == 0.0:
-            return  # far away: the request path stays cheap
-        ready = self.shared.ready_time()
-        eta = self.forecast.eta(value, self.limit)
-        self.turns.expect(eta if ready > 0 and eta <= SPARE_LEAD * ready + GRANT_POLL else None)
+        if self.limit is not None and self.settings.spawn_first and self.shared is not None:
+            self.turns.forecast(self.forecast, self.reader.estimate(), self.limit, self.shared.ready_time())
 
     def _sync_shared_limits(self) -> None:
         changed = self.limits.sync()
@@ -254,16 +245,11 @@ class Guard:
             self._reclaiming = False
             raise
         self.publisher.reclaimed(verdict.value, after, took, self.reclaimer.how)
+        line, freed = self.reclaimer.describe(self.pid, self.settings.metric, verdict, after, took)
         with self._lock:
-            self._reclaiming = False
+            self._reclaiming = False  # under the lock: no other check judges until this one has
             now = time.monotonic()
             again = self.policy.judge(Sample(now, after))
-            freed = f"reclaimed {format_size(verdict.value - after)}" if after < verdict.value else "reclaimed nothing"
-            line = (
-                f"memguard: {freed} in {took * 1000:.0f} ms ({self.reclaimer.how}) in worker pid={self.pid}: "
-                f"{self.settings.metric} {format_size(verdict.value)} -> {format_size(after)}, "
-                f"limit {format_size(verdict.limit)}"
-            )
             if not again.retires:
                 self.log.info("%s; it keeps serving (next reclaim at most in %gs)", line, self.reclaimer.interval)
                 return KEEP, Step.KEEP
@@ -273,14 +259,9 @@ class Guard:
 
     # -- acting -------------------------------------------------------------------------
     def _publish(self, sample: Sample) -> None:
-        """A timer sample to the scoreboard; every report_interval an exact one to telemetry too."""
-        interval = self.settings.report_interval
-        exact = sample if sample.exact else None
-        if exact is None and self.publisher.report_due(sample.time, interval):
-            exact = self.reader.exact(sample.time)
-        self.publisher.sample(
-            sample, exact, self.reader.rss, self.requests, sample.time - self.born, self.limit,
-            self.policy.growth_rate(), interval,
+        self.publisher.publish(
+            sample, self.reader, self.requests, sample.time - self.born, self.limit, self.policy.growth_rate(),
+            self.settings.report_interval,
         )  # fmt: skip
 
     def _start_retirement(self, verdict: Verdict) -> None:
@@ -297,11 +278,7 @@ class Guard:
                 return
             first = self.turns.wait(verdict)
         if first:
-            self.log.info(
-                "memguard: worker pid=%s is over its limit (%s); serving on until the master gives it a turn "
-                "to retire",
-                self.pid, verdict.detail,
-            )  # fmt: skip
+            self.log.info("memguard: worker pid=%s is over its limit (%s); %s", self.pid, verdict.detail, WAIT_LINE)
 
     def _take_grant(self) -> None:
         """Start the retirement the master granted, if it has."""

@@ -13,6 +13,7 @@ from ..policy import Sample, Verdict
 from ..report.lines import retirement_line
 from ..report.telemetry import Telemetry
 from ..shared.scoreboard import Scoreboard, encode_reasons
+from .reading import Reader
 
 
 class Publisher:
@@ -30,6 +31,15 @@ class Publisher:
 
     def report_due(self, now: float, interval: float) -> bool:
         return now - self._last_report >= interval
+
+    def publish(self, sample: Sample, reader: Reader, requests: int, age: float, limit: int | None,
+                growth: float | None, interval: float) -> None:  # fmt: skip
+        """A timer sample to the scoreboard; every report interval an exact one to telemetry too (one
+        USS/PSS read in the sampler thread, if the sample was only an RSS bound)."""
+        exact = sample if sample.exact else None
+        if exact is None and self.report_due(sample.time, interval):
+            exact = reader.exact(sample.time)
+        self.sample(sample, exact, reader.rss, requests, age, limit, growth, interval)
 
     def sample(self, sample: Sample, exact: Sample | None, rss: int, requests: int, age: float, limit: int | None,
                growth: float | None, interval: float) -> None:  # fmt: skip

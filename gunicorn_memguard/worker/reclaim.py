@@ -16,6 +16,9 @@ import gc
 import time
 from collections.abc import Callable
 
+from ..policy import Verdict
+from ..units import format_size
+
 
 class _Mallinfo2(ctypes.Structure):
     _fields_ = [
@@ -62,6 +65,16 @@ def _find_mallinfo2(libc: ctypes.CDLL | None) -> Callable[[], _Mallinfo2] | None
     return info
 
 
+def freeze_inherited() -> None:
+    """Move the objects this worker has now (inherited from the master, and its loaded app) to the
+    collector's permanent generation: a full collection — a reclaim's, or Python's own — then no
+    longer writes to each of them, which turned ~5 MiB of pages shared with the master private per
+    worker and could push a worker over its limit by reclaiming. gc state is the process's; this
+    only changes which objects later collections visit (cyclic garbage among them stays, as with
+    ``gc.freeze()`` before fork, the pattern Python's documentation recommends)."""
+    gc.freeze()
+
+
 class Reclaimer:
     """Runs a reclaim at most once per ``interval`` seconds per worker."""
 
@@ -86,6 +99,15 @@ class Reclaimer:
         if self._trim is None or self._mallinfo2 is None:
             return True
         return int(self._mallinfo2().fordblks) >= over
+
+    def describe(self, pid: int, metric: str, verdict: Verdict, after: int, took: float) -> tuple[str, str]:
+        """The reclaim's log line, and what it freed in words."""
+        freed = f"reclaimed {format_size(verdict.value - after)}" if after < verdict.value else "reclaimed nothing"
+        line = (
+            f"memguard: {freed} in {took * 1000:.0f} ms ({self.how}) in worker pid={pid}: {metric} "
+            f"{format_size(verdict.value)} -> {format_size(after)}, limit {format_size(verdict.limit)}"
+        )
+        return line, freed
 
     def run(self, now: float) -> float:
         """Collect and trim; return how long it took, in seconds."""

@@ -15,8 +15,15 @@ import time
 from typing import Any
 
 from ..policy import Action, Verdict
+from ..policy.forecast import Forecast
 from ..shared.scoreboard import Scoreboard, State
 from ..units import format_size
+
+# Tell the master a worker is due this many replacement boot times ahead (a boot varies), plus one
+# poll of the sampler.
+SPARE_LEAD = 2.0
+LEAD_SLACK = 0.05
+WAIT_LINE = "serving on until the master gives it a turn to retire"
 
 
 class Turns:
@@ -49,6 +56,14 @@ class Turns:
         return Verdict(
             Action.RETIRE, view.reason, f"the master's call, {self.metric} {format_size(view.value)}", view.value, limit
         )
+
+    def forecast(self, forecast: Forecast, value: int, limit: int, ready: float) -> None:
+        """Predictive spawn-first: tell the master when this worker will reach its soft limit if that
+        is within a few replacement boot times (``ready``), so its replacement is ready by then."""
+        if value < limit // 2 and self.due == 0.0:
+            return  # far away: the request path stays cheap
+        eta = forecast.eta(value, limit)
+        self.expect(eta if ready > 0 and eta <= SPARE_LEAD * ready + LEAD_SLACK else None)
 
     def expect(self, eta: float | None) -> None:
         """Say when this worker will reach its soft limit (None: not soon). The master is woken

@@ -11,9 +11,8 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
-def baseline_uss() -> int:
-    """USS of an idle worker of the leaky app, measured once on this machine, this gunicorn."""
+def _idle_worker(metric: str) -> int:
+    """``metric`` of an idle worker of the leaky app, on this machine and this gunicorn."""
     import psutil
 
     with Gunicorn(["apps.leaky:app"], workers=1) as server:
@@ -21,4 +20,14 @@ def baseline_uss() -> int:
         for _ in range(20):
             server.get("/")
         (pid,) = server.worker_pids()
-        return psutil.Process(pid).memory_full_info().uss
+        return int(getattr(psutil.Process(pid).memory_full_info(), metric))
+
+
+@pytest.fixture(scope="session")
+def baseline_uss() -> int:
+    return _idle_worker("uss")
+
+
+@pytest.fixture(scope="session")
+def baseline_rss() -> int:
+    return _idle_worker("rss")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 
-import psutil
 import pytest
 
 from bench.harness import Gunicorn, MemoryWatch, load, poll
@@ -23,17 +22,6 @@ from .conftest import MiB
 HOOKS = ["-c", "python:gunicorn_memguard.conf"]
 SLACK = 1 * MiB
 RETIRED = re.compile(r"retiring worker pid=(\d+) age=([\d.]+)s")
-
-
-@pytest.fixture(scope="module")
-def baseline_rss() -> int:
-    """RSS of an idle worker of the leaky app, on this machine and gunicorn."""
-    with Gunicorn(["apps.leaky:app"], workers=1) as server:
-        server.wait_ready()
-        for _ in range(20):
-            server.get("/")
-        (pid,) = server.worker_pids()
-        return psutil.Process(pid).memory_info().rss
 
 
 def retirements(server: Gunicorn) -> list[tuple[int, float]]:

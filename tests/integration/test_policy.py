@@ -67,6 +67,9 @@ def test_slow_leak_is_retired_for_growth_and_a_bounded_cache_never(worker, tmp_p
 def test_reclaimable_memory_is_reclaimed_instead_of_retiring(baseline_uss, tmp_path):
     env = {
         "MEMGUARD_MAX_MEMORY": f"{baseline_uss + 40 * MiB}B",
+        # Reclaim comes before a soft-limit retirement, in the band below the ceiling (past the
+        # ceiling a worker stops accepting at once); the 80 MiB request needs a ceiling above it.
+        "MEMGUARD_HARD_MAX_MEMORY": f"{baseline_uss + 200 * MiB}B",
         "MEMGUARD_JITTER": "0%",
         "MEMGUARD_MIN_LIFETIME": "0s",
         # The default interval: two samples must land after the request freed its memory. With a
@@ -160,35 +163,3 @@ def test_percent_limits_follow_the_worker_count(tmp_path):
             what="the limits re-resolved for 2 workers again after TTOU",
         )
         poll(lambda: len(server.log_lines("now has limit")) >= 4, 10, what="the 2 remaining workers to follow")
-
-
-def test_retirements_faster_than_the_rate_trip_the_breaker_and_serving_goes_on(baseline_uss, tmp_path):
-    env = {
-        "SHAPE_LEAK_KIB_PER_S": "20480",  # 20 MiB/s: over a 30 MiB headroom every ~1.5 s
-        "MEMGUARD_MAX_MEMORY": f"{baseline_uss + 30 * MiB}B",
-        "MEMGUARD_MIN_LIFETIME": "0s",
-        "MEMGUARD_CHECK_INTERVAL": "100ms",
-        "MEMGUARD_MAX_RETIREMENTS": "2/1m",
-    }
-    with Gunicorn([*HOOKS, APP], env, tmp_path / "rate.log", workers=1) as server:
-        server.wait_ready()
-        (error,) = poll(lambda: server.log_lines("CRASH-LOOP BREAKER"), 40, what="the rate breaker")
-        assert "[ERROR]" in error and "more than 2 soft-limit/growth retirements per worker within 1m" in error
-        retired = len(server.log_lines("retiring worker"))
-        assert retired in (3, 4), "trips on the third; one more may have begun as it tripped"
-        poll(
-            lambda: (
-                len(server.log_lines("exited gracefully after retirement")) == retired
-                and len(server.worker_pids()) == 1
-            ),
-            15,
-            what="the last retired worker to be replaced",
-        )
-        pid = server.worker_pids()
-        deadline = time.monotonic() + 3.0  # the leak goes on: ~60 MiB past the limit, and no retirement
-        while time.monotonic() < deadline:
-            assert server.get("/")[0] == 200
-            time.sleep(0.1)
-        assert len(server.log_lines("retiring worker")) == retired
-        assert server.worker_pids() == pid
-        assert len(server.log_lines("CRASH-LOOP BREAKER")) == 1

@@ -1,0 +1,62 @@
+"""Room for one more worker, and the server-wide budget (``MEMGUARD_MAX_TOTAL_MEMORY``), measured in
+the master. The decisions on the figures are pure (``policy/fleet.py``, ``policy/breaker.py``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..policy import breaker
+from ..policy.fleet import largest_over_budget
+from ..probes.cgroup import ContainerMemory, read_container_memory, read_working_set
+from ..probes.memory import available_memory, process_pss
+from ..settings import Settings
+from ..shared.limits import SharedLimits
+
+
+class Room:
+    def __init__(self, settings: Settings, container: ContainerMemory | None, shared: SharedLimits | None) -> None:
+        self.container = container or read_container_memory()
+        budget = settings.max_total_memory
+        self.total_budget = budget.resolve(self.container.available) if budget is not None else None
+        self.total = 0  # last measured sum of the workers' PSS, when a total budget is set
+        self.shared = shared
+
+    def headroom(self, workers: dict[int, Any]) -> int | None:
+        """Bytes one more worker may take: the container's limit less its working set (what the OOM
+        killer weighs), else the host's free memory; and the server-wide budget less the total now."""
+        room: list[int] = []
+        cgroup = self.container.cgroup
+        if self.container.limit is not None and cgroup is not None:
+            used = read_working_set(cgroup)
+            if used is not None:
+                room.append(self.container.limit - used)
+        else:
+            room.append(available_memory())
+        if self.total_budget is not None:
+            room.append(self.total_budget - sum(self.measure_total(workers).values()))
+        return min(room) if room else None
+
+    def measure_total(self, workers: dict[int, Any]) -> dict[int, int]:
+        """Each worker's PSS, read by the master (0.4-17 ms each, so only with a total budget)."""
+        sizes = {pid: size for pid in workers if (size := process_pss(pid)) is not None}
+        self.total = sum(sizes.values())
+        return sizes
+
+    def over_budget(self, workers: dict[int, Any], staying: set[int]) -> tuple[int, int] | None:
+        """(pid, size) of the largest staying worker when the total is over the budget, else None.
+        Leaving workers still count: their memory is freed only when they exit."""
+        if self.total_budget is None:
+            return None
+        sizes = self.measure_total(workers)
+        mine = {pid: size for pid, size in sizes.items() if pid in staying}
+        victim = largest_over_budget(mine, self.total_budget - (self.total - sum(mine.values())))
+        return None if victim is None else (victim, sizes[victim])
+
+    def admit(self, size: int) -> bool:
+        """In a crash loop, the server-wide budget's retirements wait for the same backoff as the
+        workers' own unless the worker is clearly bigger than a fresh one (``policy/breaker.py``)."""
+        shared = self.shared
+        if shared is None or not shared.crash_loop() or breaker.worth_replacing(size, shared.fresh_baseline()):
+            return True
+        return shared.admit(time.time()) <= 0

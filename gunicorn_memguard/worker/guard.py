@@ -89,11 +89,9 @@ class Guard:
         self.publisher = Publisher(scoreboard, slot, telemetry, log, settings.metric)
         self.crash_loop = CrashLoop(shared, settings.metric, log, self.publisher.breaker_trip)
         self.drain = Drain(worker, retire, log, scoreboard, slot)
-        self.turns = (
-            Turns(worker, scoreboard, slot, settings.metric)
-            if coordinated and scoreboard and slot is not None
-            else None
-        )  # noqa: E501
+        self.turns: Turns | None = None  # with a coordinator in the master, soft retirements wait their turn
+        if coordinated and scoreboard is not None and slot is not None:
+            self.turns = Turns(worker, scoreboard, slot, settings.metric)
         self.retiring: Verdict | None = None
         self._reclaiming = False
         self._broken = False
@@ -116,10 +114,6 @@ class Guard:
     @property
     def requests(self) -> int:
         return int(getattr(self.worker, "nr", 0))
-
-    @property
-    def waiting(self) -> Verdict | None:
-        return self.turns.waiting if self.turns is not None else None
 
     # -- feeding ------------------------------------------------------------------------
     def after_request(self) -> None:

@@ -58,6 +58,7 @@ class Retirement:
     granted: bool  # the target was told to retire
     early: bool = False  # started ahead of the soft limit, on the worker's forecast (predictive spawn-first)
     spare_ready: float = 0.0  # monotonic, when its replacement was first ready (early ones)
+    before: frozenset[int] = frozenset()  # the workers when its replacement was started (early ones)
 
 
 class Coordinator:
@@ -206,6 +207,8 @@ class Coordinator:
                         "soft limit and ceiling faster than a worker boots)",
                         retirement.target, now - retirement.started, self.drain_first,
                     )  # fmt: skip
+            elif ready and self._forecast_failed(retirement, view, now):
+                self._spare_goes(retirement, workers, now)
             elif ready and self._due_now(retirement, view, now):
                 self._grant(retirement, workers)
                 serving.discard(retirement.target)
@@ -221,14 +224,24 @@ class Coordinator:
                     now - retirement.started, retirement.target,
                 )  # fmt: skip
 
-    def _due_now(self, retirement: Retirement, view: SlotView | None, now: float) -> bool:
-        """With its replacement ready, a target goes once it asks (at its soft limit); one started
-        early on a forecast that stalled goes anyway after a while, so the spare is not wasted."""
-        if not retirement.early or view is None or view.state is State.WAITING:
-            return True
+    def _stalled(self, retirement: Retirement, now: float) -> bool:
+        """An early spare has been ready a few boot times and its worker has not asked yet."""
         if retirement.spare_ready == 0.0:
             retirement.spare_ready = now
-        if now - retirement.spare_ready < max(STALL_MIN, STALL_BOOTS * self.readiness.ready_time()):
+        return now - retirement.spare_ready >= max(STALL_MIN, STALL_BOOTS * self.readiness.ready_time())
+
+    def _forecast_failed(self, retirement: Retirement, view: SlotView | None, now: float) -> bool:
+        """The worker no longer projects reaching its limit (a reclaim, or its growth stopped)."""
+        early = retirement.early and view is not None and view.state is State.RUNNING
+        return early and view is not None and view.due == 0.0 and self._stalled(retirement, now)
+
+    def _due_now(self, retirement: Retirement, view: SlotView | None, now: float) -> bool:
+        """With its replacement ready, a target goes once it asks (at its soft limit); one started
+        early that still projects its limit but has not got there goes anyway after a while, so
+        that the replacement is not wasted."""
+        if not retirement.early or view is None or view.state is State.WAITING:
+            return True
+        if not self._stalled(retirement, now):
             return False
         self.log.info(
             "memguard: worker pid=%s has not reached its limit %.1fs after its replacement was ready (its growth "
@@ -236,6 +249,24 @@ class Coordinator:
             retirement.target, now - retirement.spare_ready,
         )  # fmt: skip
         return True
+
+    def _spare_goes(self, retirement: Retirement, workers: dict[int, Any], now: float) -> None:
+        """The worker a spare was started for no longer needs replacing: the spare goes instead (the
+        newest worker started since), and the worker count comes back down once it has exited."""
+        del self.retirements[retirement.target]
+        spares = [pid for pid in workers if pid not in retirement.before]
+        spare = max(spares, key=lambda pid: getattr(workers[pid], "age", 0), default=None)
+        if spare is None:
+            self._lower(retirement)
+            return
+        replaced = Retirement(spare, Reason.SPARE, now, raised=True, granted=False)
+        self.retirements[spare] = replaced
+        self._grant(replaced, workers)
+        self.log.info(
+            "memguard: worker pid=%s no longer projects reaching its limit (a reclaim, or its growth stopped); "
+            "the replacement started for it, pid=%s, is not needed and goes",
+            retirement.target, spare,
+        )  # fmt: skip
 
     def _start(
         self, now: float, pid: int, reason: str, workers: dict[int, Any], views: dict[int, SlotView],
@@ -246,7 +277,9 @@ class Coordinator:
         if early:
             if not has_room(self.room.headroom(workers), expected):
                 return False  # no spare ahead of time: at its soft limit it drains first
-            self.retirements[pid] = Retirement(pid, reason, now, raised=True, granted=False, early=True)
+            self.retirements[pid] = Retirement(
+                pid, reason, now, raised=True, granted=False, early=True, before=frozenset(workers)
+            )
             self.arbiter.num_workers += 1
             self.log.info(
                 "memguard: worker pid=%s will reach its limit within %.1fs; starting its replacement now",

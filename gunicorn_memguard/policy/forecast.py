@@ -27,6 +27,11 @@ class Forecast:
         while now - points[0][0] > SPAN:
             points.popleft()
 
+    def reset(self, now: float, value: int) -> None:
+        """Start again from here (memory dropped: a reclaim gave some back)."""
+        self._points.clear()
+        self._points.append((now, value))
+
     def rate(self) -> float | None:
         """Bytes per second over the last ``SPAN``, or None with too little history."""
         if len(self._points) < 2:

@@ -27,6 +27,7 @@ class Reason(str, enum.Enum):
     GROWTH_RATE = "growth_rate"
     CEILING = "ceiling"  # past MEMGUARD_MAX_MEMORY itself (before jitter), with no hard limit set
     TOTAL_MEMORY = "total_memory"  # the server-wide budget took the largest worker
+    SPARE = "spare"  # a replacement started ahead of time whose worker no longer needed it
 
     def __str__(self) -> str:
         return self.value

@@ -246,6 +246,7 @@ class Guard:
             again = self.policy.judge(Sample(now, after))
             if not again.retires:
                 self.log.info("%s; it keeps serving (next reclaim at most in %gs)", line, self.reclaimer.interval)
+                self.forecast.reset(now, after)  # its growth starts again from here
                 return KEEP, Step.KEEP
             self.log.info("%s; still over: retiring", line)
             verdict = replace(again, detail=f"{again.detail}, after a reclaim ({freed})")

@@ -60,8 +60,8 @@ class Turns:
     def forecast(self, forecast: Forecast, value: int, limit: int, ready: float) -> None:
         """Predictive spawn-first: tell the master when this worker will reach its soft limit if that
         is within a few replacement boot times (``ready``), so its replacement is ready by then."""
-        if value < limit // 2 and self.due == 0.0:
-            return  # far away: the request path stays cheap
+        if self.due == 0.0 and (value < limit // 2 or value >= limit):
+            return  # far away, and the request path stays cheap; or over already: it asks for a turn
         eta = forecast.eta(value, limit)
         self.expect(eta if ready > 0 and eta <= SPARE_LEAD * ready + LEAD_SLACK else None)
 

@@ -142,6 +142,7 @@ def test_collector_reads_the_scoreboard_and_counters_survive_the_exit():
         (("reason", "growth_rate"),): 0,
         (("reason", "ceiling"),): 0,
         (("reason", "total_memory"),): 0,
+        (("reason", "spare"),): 0,
     }
     assert live["memguard_dry_run"][()] == 1 and live["memguard_limit_bytes"] == {(("kind", "soft"),): 256 * MiB}
 

@@ -179,9 +179,11 @@ class Guard:
         if self.crash_loop.baseline is None and sample.exact:
             self.crash_loop.first_reading(sample.value, self.limits.breaker_limit)
         with self._lock:
-            if self.retiring is not None or self._reclaiming:
+            if self.retiring is not None:
                 return KEEP, Step.NONE
             verdict = self.policy.judge(sample)
+            if self._reclaiming:  # another thread reclaims: only the ceiling is acted on meanwhile
+                return (verdict, self._step(verdict, now)) if verdict.action is Action.RETIRE_NOW else (KEEP, Step.NONE)
             if not self._wants_reclaim(verdict, now):
                 return verdict, self._step(verdict, now)
             self._reclaiming = True
@@ -242,6 +244,8 @@ class Guard:
         line, freed = self.reclaimer.describe(self.pid, self.settings.metric, verdict, after, took)
         with self._lock:
             self._reclaiming = False  # under the lock: no other check judges until this one has
+            if self.retiring is not None:
+                return KEEP, Step.NONE  # the ceiling was reached meanwhile: that retirement goes on
             now = time.monotonic()
             again = self.policy.judge(Sample(now, after))
             if not again.retires:

@@ -73,7 +73,7 @@ class GeventDrain:
     second. So, set up before ``run`` (from ``post_worker_init``), this records the servers the worker
     makes — in this worker process only, gunicorn's gevent module's ``StreamServer`` (or the worker's
     ``server_class``) becomes a subclass that records itself — and a retirement clears ``alive`` and
-    hands the closing of their listeners to the loop (gevent objects belong to it;
+    hands the stopping of their accept loops to the loop (gevent objects belong to it;
     ``run_callback_threadsafe`` also wakes it). The parent's loop then drains as on SIGTERM.
 
     A keep-alive connection whose response was under way when the retirement began would then
@@ -122,8 +122,12 @@ class GeventDrain:
         self.hub.loop.run_callback_threadsafe(self._stop_accepting)
 
     def _stop_accepting(self) -> None:
+        # Stop this worker's accept loop but keep its listening socket open until the worker exits:
+        # gunicorn's async handler calls ``listener.getsockname()`` for every connection, so closing
+        # the socket here reset a connection accepted just before (EBADF). The socket is shared with
+        # the other workers, which go on accepting from it.
         for server in self.servers:
-            server.close()  # idempotent: the worker closes them again when its loop ends
+            server.stop_accepting()
 
 
 def retirement_for(worker: Any) -> Retire:

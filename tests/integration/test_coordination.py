@@ -38,9 +38,31 @@ def granted_pids(server: Gunicorn) -> list[int]:
     return [int(m) for m in re.findall(r"worker pid=(\d+) may retire", server.log())]
 
 
+RETIRING = re.compile(r"memguard: retiring worker pid=(\d+)")
+# every way the master reports the end of a worker (report/lines.py, exit_report)
+ENDED = re.compile(r"memguard: worker pid=(\d+) (?:exited|ended|was made|was killed|died)")
+
+
+def most_retiring_at_once(log: str) -> int:
+    """The most workers between their "retiring worker" line and the master's report of their exit,
+    in log order. The worker writes the first after taking its turn and the master writes the second
+    after removing it from its workers, before it can grant that turn again: each interval lies
+    inside the time the budget counts the worker, so this never exceeds a budget that holds, yet it
+    sees a drain of a few milliseconds that sampling every 20 ms misses."""
+    retiring: set[int] = set()
+    most = 0
+    for line in log.splitlines():
+        if started := RETIRING.search(line):
+            retiring.add(int(started[1]))
+            most = max(most, len(retiring))
+        elif ended := ENDED.search(line):
+            retiring.discard(int(ended[1]))
+    return most
+
+
 def test_identically_leaking_workers_retire_within_the_budget(baseline_uss, tmp_path):
     """Drain-first, budget 2, four workers leaking alike: never more than two drain at once, the
-    others say they wait, and nothing fails."""
+    others say they wait and retire in their turn, and nothing fails."""
     env = guard_env(
         baseline_uss + 30 * MiB,
         0.3,
@@ -50,17 +72,18 @@ def test_identically_leaking_workers_retire_within_the_budget(baseline_uss, tmp_
     )
     with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=4) as server:
         server.wait_ready()
-        watch = FleetWatch(server)
         result = load(server, "/leak?kib=256&s=0.005", requests=2400, concurrency=8)
-        watch.stop()
 
         assert result.failed == [], f"failed requests: {result.failed[:10]}"
-        assert len(server.log_lines("memguard: retiring worker")) >= 8
-        assert server.log_lines("serving on until the master gives it a turn")
-        assert 1 <= watch.max_draining <= 2, f"{watch.max_draining} workers drained at once"
-        print(
-            f"budget 2: {len(watch.stopped)} retirements, at most {watch.max_draining} at once, {watch.samples} samples"
-        )
+        retired = [int(pid) for pid in RETIRING.findall(server.log())]
+        assert len(retired) >= 8
+        graceful = re.compile(r"memguard: worker pid=(\d+) exited gracefully after retirement")
+        poll(lambda: set(retired) <= {int(pid) for pid in graceful.findall(server.log())}, 15, what="graceful exits")
+        waited = {int(pid) for pid in re.findall(r"worker pid=(\d+) is over its limit", server.log())}
+        assert waited & set(retired), "no worker waited for its turn and then retired"
+        most = most_retiring_at_once(server.log())
+        assert 1 <= most <= 2, f"{most} workers retiring at once"
+        print(f"budget 2: {len(retired)} retirements, {len(waited)} waited for a turn, at most {most} at once")
 
 
 # gthread on gunicorn < 24 drains from its loop's once-a-second tick, so it recycles more slowly.

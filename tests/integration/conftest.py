@@ -7,6 +7,15 @@ from bench.harness import Gunicorn
 
 MiB = 2**20
 KiB = 2**10
+# The tests that exercise what memguard does inside gunicorn and that changed across its majors:
+# the arbiter's worker count and loop, reaping and exit attribution, gthread's drain before 24, the
+# gevent and uvicorn workers. scripts/test.sh runs them on every supported gunicorn.
+INTERNALS = pytest.mark.gunicorn_internals
+
+
+def marking(values, internal):
+    """Parametrize ``values``, those in ``internal`` marked as exercising gunicorn's internals."""
+    return [pytest.param(v, marks=INTERNALS) if v in internal else v for v in values]
 
 
 def pytest_collection_modifyitems(items):

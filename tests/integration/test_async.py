@@ -21,7 +21,7 @@ import pytest
 
 from bench.harness import Gunicorn, MemoryWatch, load, poll
 
-from .conftest import Idle, KiB, MiB, measure_idle
+from .conftest import INTERNALS, Idle, KiB, MiB, marking, measure_idle
 
 pytest.importorskip("gevent")
 pytest.importorskip("uvicorn")
@@ -123,7 +123,7 @@ def wait_gone(server: Gunicorn, pids: set[int], timeout: float = 20) -> None:
     server.wait_ready()
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", marking(MODES, {"class-gevent", "class-uvicorn"}))
 def test_leaking_workers_are_retired_gracefully_under_concurrent_load(mode, tmp_path):
     server, limit = start(mode, 30 * MiB, tmp_path, env=ceiling_env)
     with server:
@@ -188,7 +188,7 @@ def stream_then_check_closed(server: Gunicorn, path: str, out: list[object]) -> 
 STREAM_MODES = ["class-gevent", "hooks-gevent", "class-uvicorn"]
 
 
-@pytest.mark.parametrize("mode", STREAM_MODES)
+@pytest.mark.parametrize("mode", marking(STREAM_MODES, {"class-gevent"}))
 def test_a_stream_in_flight_when_its_worker_crosses_the_limit_completes_intact(mode, tmp_path):
     # --timeout 3: the drain (3.5 s) outlasts the master's heartbeat timeout, which a draining
     # worker must therefore keep feeding
@@ -290,7 +290,7 @@ def test_fastapi_sync_endpoint_leaking_in_the_thread_pool_stays_bounded(tmp_path
         )
 
 
-@pytest.mark.parametrize("mode", ["class-gevent", "class-uvicorn-h11"])
+@pytest.mark.parametrize("mode", marking(["class-gevent", "class-uvicorn-h11"], {"class-gevent"}))
 def test_a_drain_that_outlives_graceful_timeout_is_bounded_and_logged(mode, tmp_path):
     server, limit = start(mode, 40 * MiB, tmp_path, workers=1, extra=("--graceful-timeout", "2"))
     with server:
@@ -312,6 +312,7 @@ def test_a_drain_that_outlives_graceful_timeout_is_bounded_and_logged(mode, tmp_
         print(f"{mode}: drain cut off {took:.1f}s after the retirement (graceful_timeout 2 s)")
 
 
+@INTERNALS
 def test_stock_uvicorn_worker_under_the_hook_module_is_retired_by_the_timer(tmp_path):
     """Stock ``-k uvicorn_worker.UvicornWorker``: no per-request check, retirement by SIGTERM."""
     pytest.importorskip("uvicorn_worker")

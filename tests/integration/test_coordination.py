@@ -18,7 +18,7 @@ import pytest
 from bench.harness import Gunicorn, MemoryWatch, load, poll
 from bench.recycling import FleetWatch
 
-from .conftest import MiB
+from .conftest import INTERNALS, MiB
 
 HOOKS = ["-c", "python:gunicorn_memguard.conf"]
 SLOWBOOT = "apps.slowboot:app"
@@ -88,7 +88,11 @@ def test_identically_leaking_workers_retire_within_the_budget(baseline_uss, tmp_
 
 # gthread on gunicorn < 24 drains from its loop's once-a-second tick, so it recycles more slowly.
 @pytest.mark.parametrize(
-    ("worker", "recycles"), [(["-k", "sync"], 10), (["-k", "gthread", "--threads", "2"], 6)], ids=["sync", "gthread"]
+    ("worker", "recycles"),
+    [
+        pytest.param(["-k", "sync"], 10, id="sync"),
+        pytest.param(["-k", "gthread", "--threads", "2"], 6, id="gthread", marks=INTERNALS),
+    ],
 )
 def test_spawn_first_keeps_every_configured_worker_serving(worker, recycles, baseline_uss, tmp_path):
     """Budget 1, spawn-first, an app that takes 0.5 s to import: over many recycles (ten for sync),
@@ -161,6 +165,7 @@ def _settle(server: Gunicorn, count: int) -> None:
         assert time.monotonic() < deadline, "retirements did not stop"
 
 
+@INTERNALS
 def test_ttin_then_ttou_during_a_spawn_first_recycle_leave_the_configured_count(baseline_uss, tmp_path):
     env = guard_env(baseline_uss + 20 * MiB, 1.5)
     with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=2) as server:
@@ -178,6 +183,7 @@ def test_ttin_then_ttou_during_a_spawn_first_recycle_leave_the_configured_count(
         _settle(server, 2)
 
 
+@INTERNALS
 def test_a_worker_killed_while_holding_a_turn_releases_it(baseline_uss, tmp_path):
     env = guard_env(baseline_uss + 20 * MiB, 3)
     with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=2) as server:
@@ -197,6 +203,7 @@ def test_a_worker_killed_while_holding_a_turn_releases_it(baseline_uss, tmp_path
         )
 
 
+@INTERNALS
 def test_hup_during_a_spawn_first_recycle_leaves_the_configured_count(baseline_uss, tmp_path):
     env = guard_env(baseline_uss + 20 * MiB, 1.5)
     with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=2) as server:

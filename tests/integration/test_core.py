@@ -16,7 +16,7 @@ import pytest
 
 from bench.harness import Gunicorn, MemoryWatch, load, poll
 
-from .conftest import KiB, MiB
+from .conftest import INTERNALS, KiB, MiB, marking
 
 HOOKS = ["-c", "python:gunicorn_memguard.conf"]
 THREADS = 4  # per gthread worker
@@ -64,7 +64,7 @@ def overshoot_bound(mode: str) -> int:
     return requests * LEAK_KIB * KiB
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", marking(MODES, {"hooks-gthread"}))  # gthread drains on its own before 24
 def test_leaking_workers_are_retired_gracefully_within_the_limit(mode, idle_leaky, tmp_path):
     """The limit is also the hard limit: past it a worker retires at once, drain-first, whether or
     not its graceful turn has come (the soft limits, jittered up to 10 % below it, go first)."""
@@ -132,6 +132,7 @@ def test_a_worker_stuck_in_a_long_request_is_seen_by_the_timer(baseline_uss, tmp
         poll(lambda: pid not in server.worker_pids() and len(server.worker_pids()) == 1, timeout=15, what="replacement")
 
 
+@INTERNALS
 def test_drain_that_overruns_graceful_timeout_is_bounded_and_logged(baseline_uss, tmp_path):
     limit = baseline_uss + 40 * MiB
     args = [*HOOKS, "-k", "gthread", "--threads", "2", "--graceful-timeout", "2", "apps.leaky:app"]
@@ -156,6 +157,7 @@ def test_drain_that_overruns_graceful_timeout_is_bounded_and_logged(baseline_uss
         assert cut, "the request that outlived graceful_timeout should have been cut off"
 
 
+@INTERNALS
 def test_sigkill_without_retirement_is_attributed(tmp_path):
     """No OOM kill happened in this cgroup, so the report says SIGKILL, cause unknown (the OOM
     path is covered with cgroup fixture files in tests/unit/test_exit_attribution.py)."""

@@ -175,8 +175,7 @@ def test_ttin_then_ttou_during_a_spawn_first_recycle_leave_the_configured_count(
         loader.start()
         poll(lambda: granted_pids(server), 30, what="a spawn-first recycle")
         server.proc.send_signal(signal.SIGTTIN)
-        # two separate signals: TTOU once the master has handled TTIN
-        poll(lambda: server.log_lines("Handling signal: ttin"), 10, what="TTIN handled")
+        time.sleep(0.3)  # two separate signals: gunicorn handles them one loop pass apart
         server.proc.send_signal(signal.SIGTTOU)
         stop.set()
         loader.join(60)

@@ -165,7 +165,10 @@ class MemoryWatch:
 
     A worker stops being counted once gunicorn logs "Worker exiting" for it: that is after its
     drain, when only interpreter teardown is left, which briefly turns memory shared with the
-    master private (USS +6 MiB on the test app, RSS unchanged) without serving anything.
+    master private (USS +6 MiB on the test app, RSS unchanged) without serving anything. The log
+    is read again after each round of samples and a sample is kept only if its worker had not
+    logged that line by then, so a sample taken in teardown is never kept, however long this
+    thread waits for the CPU between reading the log and reading memory.
     """
 
     server: Gunicorn
@@ -195,14 +198,18 @@ class MemoryWatch:
             self._read_exits()
             pids = self.server.worker_pids() - self.exiting
             self.min_workers = min(self.min_workers, len(pids))
+            values = {}
             for pid in pids:
                 try:
                     proc = psutil.Process(pid)
                     info = proc.memory_full_info() if self.metric != "rss" else proc.memory_info()
-                    value = getattr(info, self.metric)
+                    values[pid] = getattr(info, self.metric)
                 except psutil.Error:
                     continue
-                self.peak[pid] = max(self.peak.get(pid, 0), value)
+            self._read_exits()
+            for pid, value in values.items():
+                if pid not in self.exiting:
+                    self.peak[pid] = max(self.peak.get(pid, 0), value)
             self.samples += 1
 
     def stop(self) -> MemoryWatch:

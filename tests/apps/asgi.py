@@ -4,9 +4,11 @@ GET /                 -> "ok"
 GET /leak?kib=N       -> keeps N KiB forever, answers "ok"
 GET /stream?n=N&gap=S -> N server-sent events "data: i", one every S seconds, then "data: end"
 GET /pid              -> this worker's pid
+GET /gc               -> runs a full garbage collection, answers "ok"
 """
 
 import asyncio
+import gc
 import os
 from urllib.parse import parse_qs
 
@@ -32,6 +34,8 @@ async def app(scope, receive, send):
             await asyncio.sleep(gap)
         await send({"type": "http.response.body", "body": b"data: end\n\n"})
         return
+    if path == "/gc":
+        gc.collect()
     if path == "/leak":
         LEAKED.append(b"\x01" * (int(query.get("kib", ["100"])[0]) * 1024))
     body = str(os.getpid()).encode() if path == "/pid" else b"ok"

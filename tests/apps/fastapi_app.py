@@ -3,7 +3,10 @@ large lists and keeps part of what it builds.
 
 GET /report?rows=N -> builds N rows of 100 ints, caches them, answers how many rows are cached
 GET /              -> "ok"
+GET /gc            -> runs a full garbage collection, answers "ok"
 """
+
+import gc
 
 from fastapi import FastAPI
 
@@ -13,6 +16,12 @@ CACHE: list[list[list[int]]] = []
 
 @app.get("/")
 def index() -> str:
+    return "ok"
+
+
+@app.get("/gc")
+def collect() -> str:
+    gc.collect()
     return "ok"
 
 

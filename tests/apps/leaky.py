@@ -5,8 +5,10 @@ GET /leak?kib=N  -> keeps N KiB forever (written, so it is resident), answers "o
                     with &s=S it then sleeps S seconds before answering
 GET /slow?s=S    -> sleeps S seconds, then answers "ok"
 GET /pid         -> this worker's pid
+GET /gc          -> runs a full garbage collection, answers "ok"
 """
 
+import gc
 import os
 import time
 from urllib.parse import parse_qs
@@ -20,6 +22,8 @@ def app(environ, start_response):
     if path == "/leak":
         LEAKED.append(b"\x01" * (int(query.get("kib", ["100"])[0]) * 1024))
         time.sleep(float(query.get("s", ["0"])[0]))
+    elif path == "/gc":
+        gc.collect()
     elif path == "/slow":
         time.sleep(float(query.get("s", ["1"])[0]))
     body = str(os.getpid()).encode() if path == "/pid" else b"ok"

@@ -16,20 +16,19 @@ import pytest
 
 from bench.harness import Gunicorn, MemoryWatch, load, poll
 
-from .conftest import MiB
+from .conftest import INTERNALS, KiB, MiB, marking
 
 HOOKS = ["-c", "python:gunicorn_memguard.conf"]
+THREADS = 4  # per gthread worker
 # (label, gunicorn args) for each way a user can adopt memguard on sync and gthread
 MODES = {
     "hooks-sync": [*HOOKS, "-k", "sync"],
-    "hooks-gthread": [*HOOKS, "-k", "gthread", "--threads", "4"],
+    "hooks-gthread": [*HOOKS, "-k", "gthread", "--threads", str(THREADS)],
     "class-sync": ["-k", "gunicorn_memguard.workers.SyncWorker"],
-    "class-gthread": ["-k", "gunicorn_memguard.workers.ThreadWorker", "--threads", "4"],
+    "class-gthread": ["-k", "gunicorn_memguard.workers.ThreadWorker", "--threads", str(THREADS)],
 }
 LEAK_KIB = 256
-# Largest overshoot we accept, from outside: two over-limit samples (strikes) of a 256 KiB leak
-# each, per thread in flight, and the leak that lands while the last requests drain.
-SLACK = 8 * MiB
+CLIENTS = 4  # concurrent clients of the load, each with one request at a time
 
 
 def guard_env(limit: int, **extra: str) -> dict[str, str]:
@@ -45,27 +44,58 @@ def guard_env(limit: int, **extra: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_leaking_workers_are_retired_gracefully_within_the_limit(mode, baseline_uss, tmp_path):
-    limit = baseline_uss + 60 * MiB
-    with Gunicorn([*MODES[mode], "apps.leaky:app"], guard_env(limit), tmp_path / "g.log") as server:
+# For a bound on each worker: the soft limit jittered below the hard one, and no reclaim. While the
+# sampler thread reclaims (gc.collect + malloc_trim, 20-30 ms measured), the guard answers every
+# other check "keep" (worker/guard.py ``_judge``, ``_reclaiming``), the hard limit's included, so a
+# worker serves on unchecked meanwhile; that is reported to be fixed in the guard, not bounded here.
+CEILING_ONLY = {"MEMGUARD_JITTER": "10%", "MEMGUARD_RECLAIM": "no"}
+
+
+def overshoot_bound(mode: str) -> int:
+    """The most a worker of ``mode`` can allocate past a passing check of its guard, under this load.
+
+    The guard checks after every request. A request that allocates after the worker's last check
+    below the limit is either unchecked when the retirement is decided (one per thread: a request
+    holds its thread until its check) or accepted before the worker stops accepting (one per client:
+    each client has one request at a time). A sync worker has one thread and accepts only between
+    requests, so it is one request; a gthread worker, its threads plus the clients. Scheduling
+    delays change when this happens, not how much: it holds on a busy machine."""
+    requests = 1 if mode.endswith("sync") else THREADS + CLIENTS
+    return requests * LEAK_KIB * KiB
+
+
+@pytest.mark.parametrize("mode", marking(MODES, {"hooks-gthread"}))  # gthread drains on its own before 24
+def test_leaking_workers_are_retired_gracefully_within_the_limit(mode, idle_leaky, tmp_path):
+    """The limit is also the hard limit: past it a worker retires at once, drain-first, whether or
+    not its graceful turn has come (the soft limits, jittered up to 10 % below it, go first)."""
+    limit = idle_leaky.uss + 60 * MiB
+    env = guard_env(limit, **CEILING_ONLY, MEMGUARD_HARD_MAX_MEMORY=f"{limit}B")
+    with Gunicorn([*MODES[mode], "apps.leaky:app"], env, tmp_path / "g.log") as server:
         server.wait_ready()
         first = server.worker_pids()
         watch = MemoryWatch(server, metric="uss")
-        result = load(server, f"/leak?kib={LEAK_KIB}", requests=2000, concurrency=4)
+        result = load(server, f"/leak?kib={LEAK_KIB}", requests=2000, concurrency=CLIENTS)
         watch.stop()
         seen = set(watch.peak)
 
         assert result.failed == [], f"failed requests: {result.failed[:10]}"
         assert seen - first, "no worker was replaced"
         peak = max(watch.peak.values())
-        assert peak <= limit + SLACK, f"peak {peak / MiB:.1f} MiB > limit {limit / MiB:.1f} + slack"
+        # + the one-off unsharing of a worker's first full collection, which the guard's estimate
+        # between exact reads does not see (measured: conftest.Idle)
+        bound = limit + overshoot_bound(mode) + idle_leaky.gc_unshare
+        assert peak <= bound, (
+            f"peak {peak / MiB:.1f} MiB > limit {limit / MiB:.1f} + {overshoot_bound(mode) / MiB:.2f} MiB of requests "
+            f"+ {idle_leaky.gc_unshare / MiB:.1f} MiB unshared"
+        )
 
         retirements = server.log_lines("memguard: retiring worker")
         # 2000 x 256 KiB = 500 MiB leaked over 2 workers with ~60 MiB headroom each
         assert len(retirements) >= 5
         for line in retirements:
-            assert re.search(r"pid=\d+ age=[\d.]+s requests=\d+ uss=\d+ .* limit=\d+ .* reason=soft_limit", line), line
+            assert re.search(
+                r"pid=\d+ age=[\d.]+s requests=\d+ uss=\d+ .* limit=\d+ .* reason=(?:soft_limit|hard_limit)", line
+            ), line
         # every retired worker exits gracefully, and the master says so
         poll(
             lambda: len(server.log_lines("exited gracefully after retirement")) >= len(retirements) - 2,
@@ -79,9 +109,10 @@ def test_leaking_workers_are_retired_gracefully_within_the_limit(mode, baseline_
         for line in server.log_lines("exited gracefully after retirement"):
             pid, served = re.search(r"pid=(\d+) .* requests=(\d+)", line).groups()
             assert int(served) >= retired_at[pid], (line, retired_at[pid])
+        hard = sum("reason=hard_limit" in line for line in retirements)
         print(
-            f"{mode}: {len(retirements)} retirements, peak uss {peak / MiB:.1f} MiB, "
-            f"limit {limit / MiB:.1f} MiB, {watch.samples} samples"
+            f"{mode}: {len(retirements)} retirements ({hard} at the hard limit), peak uss {peak / MiB:.1f} MiB, "
+            f"limit {limit / MiB:.1f} MiB, bound {bound / MiB:.1f} MiB, {watch.samples} samples"
         )
 
 
@@ -101,6 +132,7 @@ def test_a_worker_stuck_in_a_long_request_is_seen_by_the_timer(baseline_uss, tmp
         poll(lambda: pid not in server.worker_pids() and len(server.worker_pids()) == 1, timeout=15, what="replacement")
 
 
+@INTERNALS
 def test_drain_that_overruns_graceful_timeout_is_bounded_and_logged(baseline_uss, tmp_path):
     limit = baseline_uss + 40 * MiB
     args = [*HOOKS, "-k", "gthread", "--threads", "2", "--graceful-timeout", "2", "apps.leaky:app"]
@@ -125,6 +157,7 @@ def test_drain_that_overruns_graceful_timeout_is_bounded_and_logged(baseline_uss
         assert cut, "the request that outlived graceful_timeout should have been cut off"
 
 
+@INTERNALS
 def test_sigkill_without_retirement_is_attributed(tmp_path):
     """No OOM kill happened in this cgroup, so the report says SIGKILL, cause unknown (the OOM
     path is covered with cgroup fixture files in tests/unit/test_exit_attribution.py)."""

@@ -17,7 +17,7 @@ import pytest
 from bench.harness import Gunicorn, MemoryWatch, load, poll
 from bench.recycling import FleetWatch
 
-from .conftest import MiB
+from .conftest import INTERNALS, MiB
 
 HOOKS = ["-c", "python:gunicorn_memguard.conf"]
 SLACK = 1 * MiB
@@ -37,7 +37,12 @@ CLIENTS = 6
 # serves every connection it had accepted ahead of its threads: up to the other clients' (5).
 @pytest.mark.parametrize(
     ("worker", "in_flight"),
-    [(["-k", "sync"], 1), (["-k", "gunicorn_memguard.workers.ThreadWorker", "--threads", "4"], 4 + CLIENTS - 1)],
+    [
+        (["-k", "sync"], 1),
+        pytest.param(
+            ["-k", "gunicorn_memguard.workers.ThreadWorker", "--threads", "4"], 4 + CLIENTS - 1, marks=INTERNALS
+        ),
+    ],
     ids=["sync", "gthread"],
 )
 def test_a_fast_leak_at_the_defaults_never_passes_the_ceiling(worker, in_flight, baseline_rss, tmp_path):
@@ -126,6 +131,7 @@ def test_an_app_that_starts_above_its_limit_gets_one_error_and_no_fork_storm(env
     assert max(watch.peak.values()) <= 1.1 * fresh + SLACK
 
 
+@INTERNALS  # spawn-first raises gunicorn's worker count from its arbiter loop
 def test_predictive_spawn_first_has_the_replacement_ready_in_time(baseline_rss, tmp_path):
     """No jitter (the soft limit is the ceiling: no band to wait in), a 0.3 s boot and a leak that
     fills a worker in ~4 s: the master starts each replacement before its worker gets there, so the

@@ -6,8 +6,14 @@ sockets, the event log file.
 
 from __future__ import annotations
 
+import errno
 import json
+import re
+import subprocess
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from bench.harness import Gunicorn, poll
@@ -49,3 +55,74 @@ def test_an_app_closing_memguards_fd_keeps_its_guard_and_its_own_fds(then_open, 
             if server.log_lines(f"retiring worker pid={pid}"):
                 break
         poll(lambda: server.log_lines(f"retiring worker pid={pid}"), timeout=10, what="the retirement")
+
+
+# -- 3. a full disk under MEMGUARD_EVENT_LOG -----------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs: a disk that can be filled up and emptied again."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+def parsed(path: Path) -> tuple[list[dict], list[str]]:
+    events, broken = [], []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            broken.append(line)
+    return events, broken
+
+
+def test_a_full_disk_is_one_error_line_and_the_event_log_recovers(baseline_uss, small_disk, tmp_path):
+    events = small_disk / "events.jsonl"
+    extra = {"MEMGUARD_EVENT_LOG": str(events)}
+    with Gunicorn([*HOOKS, "apps.faults:app"], env(baseline_uss + 30 * MiB, **extra), tmp_path / "g.log") as server:
+        server.wait_ready()
+        poll(lambda: {e["pid"] for e in parsed(events)[0] if e["event"] == "sample"} >= server.worker_pids(),
+             timeout=10, what="samples from both workers")
+        filler = fill(small_disk)
+        poll(lambda: server.log_lines("cannot write the event log"), timeout=10, what="the error line")
+        # while the disk is full: every worker samples, one retires (the master writes its exit),
+        # its replacement samples too; all of these writes fail
+        first = server.worker_pids()
+        for _ in range(80):
+            if server.log_lines("retiring worker"):
+                break
+            server.get("/leak?kib=1024")
+        poll(lambda: (now := server.worker_pids()) and len(now) == 2 and now != first, timeout=20, what="a replacement")
+        fresh = min(server.worker_pids() - first)
+        poll(lambda: time.time() - psutil.Process(fresh).create_time() > 1.5, timeout=5, what="replacement sampling")
+        assert len(server.log_lines("cannot write the event log")) == 1, server.log()
+
+        filler.unlink()  # space again: the log must recover by itself, and say so once
+        poll(lambda: server.log_lines("is written again"), timeout=10, what="the recovery line")
+        poll(lambda: {e["pid"] for e in parsed(events)[0] if e["event"] == "sample" and e["pid"] == fresh},
+             timeout=10, what="the replacement's samples in the event log")
+        start = events.stat().st_size
+        poll(lambda: events.stat().st_size > start + 2000, timeout=10, what="more events")
+        assert len(server.log_lines("cannot write the event log")) == 1, server.log()
+        recovered = server.log_lines("is written again")
+        assert len(recovered) == 1, server.log()
+        assert re.search(r"at least [1-9]\d* event\(s\) were lost", recovered[0])
+        _, broken = parsed(events)
+        assert len(broken) <= 1, f"at most the one line the disk filled up in: {broken}"

@@ -161,7 +161,8 @@ def serve_metrics(settings: Settings, log: Any) -> None:
             exc,
         )
         return
-    log.info("memguard: Prometheus metrics at %s", STATE.metrics.url)
+    if STATE.metrics.serving:  # else it said the port is in use, and says so again once it is bound
+        log.info("memguard: Prometheus metrics at %s", STATE.metrics.url)
 
 
 class OomWatch:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import json
 import re
+import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.harness import Gunicorn, poll
+from bench.harness import Gunicorn, free_port, poll, scrape
 
 from .conftest import MiB
 
@@ -126,3 +128,99 @@ def test_a_full_disk_is_one_error_line_and_the_event_log_recovers(baseline_uss, 
         assert re.search(r"at least [1-9]\d* event\(s\) were lost", recovered[0])
         _, broken = parsed(events)
         assert len(broken) <= 1, f"at most the one line the disk filled up in: {broken}"
+
+
+# -- 1. the metrics endpoint must not stall the master ---------------------------------------------
+def _idle_connections(port: int, count: int) -> list[socket.socket]:
+    idle = []
+    for i in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if i % 2:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # a request that never ends
+        idle.append(sock)
+    return idle
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_idle_scrape_connections_do_not_delay_forks(tmp_path):
+    metrics_port = free_port()
+    extra = {"MEMGUARD_PROMETHEUS_PORT": str(metrics_port)}
+    with Gunicorn([*HOOKS, "apps.faults:app"], env(2**40, **extra), tmp_path / "g.log") as server:
+        server.wait_ready()
+        poll(lambda: scrape(metrics_port), timeout=10, what="a first scrape")
+        idle = _idle_connections(metrics_port, 16)
+        try:
+            before = server.worker_pids()
+            started = time.monotonic()
+            server.master.send_signal(signal.SIGTTIN)  # the master forks one more worker
+            poll(lambda: len(server.worker_pids()) == 3, timeout=10, interval=0.01, what="the new worker")
+            forked_after = time.monotonic() - started
+            assert forked_after < 1.0, f"a fork waited {forked_after:.2f}s behind idle scrape connections"
+            (fresh,) = server.worker_pids() - before
+            assert all(c.laddr.port != metrics_port and (not c.raddr or c.raddr.port != metrics_port)
+                       for c in psutil.Process(fresh).net_connections("tcp")), "the worker holds scrape sockets"
+
+            started = time.monotonic()
+            metrics = scrape(metrics_port)  # a real scrape gets through while the idle ones hold on
+            took = time.monotonic() - started
+            assert fresh in {int(v) for v in metrics["memguard_worker_pid"].values()}
+            assert took < 1.0, f"a scrape took {took:.2f}s behind idle connections"
+            for sock in idle:  # every idle connection is cut off (evicted, or after the timeout)
+                sock.settimeout(5)
+                assert _closed_by_server(sock)
+        finally:
+            for sock in idle:
+                sock.close()
+        assert not server.log_lines("Traceback"), server.log()
+
+
+def test_after_a_usr2_upgrade_the_new_master_serves_metrics(tmp_path):
+    metrics_port = free_port()
+    # gunicorn re-executes its own command line; run as ``python -m gunicorn`` that puts the gunicorn
+    # package's folder first on sys.path, where its ``http`` package shadows the standard library's
+    extra = {"MEMGUARD_PROMETHEUS_PORT": str(metrics_port), "PYTHONSAFEPATH": "1"}
+    server = Gunicorn([*HOOKS, "apps.faults:app"], env(2**40, **extra), tmp_path / "g.log")
+    new_master = None
+    try:
+        server.wait_ready()
+        poll(lambda: scrape(metrics_port), timeout=10, what="a first scrape")
+        old_workers = server.worker_pids()
+        server.master.send_signal(signal.SIGUSR2)
+
+        def upgraded() -> psutil.Process | None:
+            for child in server.master.children():
+                if child.pid not in old_workers and len(child.children()) == 2:
+                    return child
+            return None
+
+        new_master = poll(upgraded, timeout=30, what="the new master and its workers")
+        new_workers = {c.pid for c in new_master.children()}
+        # its workers are forked after when_ready, where it found the port still taken by the old master
+        server.stop()  # the old master exits, as after a successful upgrade
+        metrics = poll(
+            lambda: (m := _try_scrape(metrics_port)) and {int(v) for v in m["memguard_worker_pid"].values()} == new_workers and m,
+            timeout=10,
+            what="the new master's metrics",
+        )
+        assert metrics
+        assert server.log_lines("is in use") and server.log_lines("for its port)"), server.log()
+    finally:
+        server.stop()
+        if new_master is not None and new_master.is_running():
+            new_master.terminate()
+            new_master.wait(30)
+
+
+def _try_scrape(port: int):
+    try:
+        return scrape(port, timeout=2)
+    except OSError:
+        return None

@@ -7,11 +7,13 @@ sockets, the event log file.
 from __future__ import annotations
 
 import errno
+import http.client
 import json
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -224,3 +226,75 @@ def _try_scrape(port: int):
         return scrape(port, timeout=2)
     except OSError:
         return None
+
+
+# -- 4. uvicorn workers: a normal stop is no error; keep-alive ends with the retirement -------------
+UVICORN_CLASS = ["-k", "gunicorn_memguard.workers.UvicornWorker"]
+STOCK_UVICORN = [*HOOKS, "-k", "uvicorn_worker.UvicornWorker"]
+
+
+@pytest.mark.parametrize(
+    ("args", "how"),
+    [(UVICORN_CLASS, "SIGTERM"), (UVICORN_CLASS, "SIGINT"), (STOCK_UVICORN, "SIGTERM")],
+    ids=["memguard-class-TERM", "memguard-class-INT", "stock-with-hooks-TERM"],
+)
+def test_stopping_gunicorn_with_uvicorn_workers_logs_no_error(args, how, tmp_path):
+    # (A stock uvicorn worker ignores the SIGQUIT that SIGINT to the master sends it, and is
+    # SIGKILLed after graceful_timeout: not covered here.)
+    pytest.importorskip("uvicorn_worker")
+    server = Gunicorn([*args, "apps.asgi:app"], {"MEMGUARD_MAX_MEMORY": "1TiB"}, tmp_path / "g.log")
+    try:
+        server.wait_ready()
+        workers = server.worker_pids()
+        server.proc.send_signal(getattr(signal, how))
+        server.proc.wait(30)
+    finally:
+        server.stop()
+    log = server.log()
+    assert "[ERROR]" not in log, log
+    for pid in workers:
+        assert f"Worker exiting (pid: {pid})" in log or f"pid={pid} was stopped by" in log, log
+    if args is UVICORN_CLASS:  # memguard's class exits 0, like gunicorn's own workers
+        assert "was sent SIGTERM" not in log, log
+
+
+def test_a_retiring_uvicorn_worker_closes_keep_alive_connections_after_their_response(tmp_path):
+    pytest.importorskip("uvicorn")
+    with Gunicorn([*UVICORN_CLASS, "apps.asgi:app"], {}, tmp_path / "idle.log", workers=1) as probe:
+        probe.wait_ready()
+        for _ in range(20):
+            probe.get("/")
+        idle = psutil.Process(min(probe.worker_pids())).memory_full_info().uss
+    limit = idle + 30 * MiB
+    clients = 4
+    with Gunicorn([*UVICORN_CLASS, "apps.asgi:app"], env(limit), tmp_path / "g.log", workers=1) as server:
+        server.wait_ready()
+        stop = threading.Event()
+        served: list[tuple[int, int]] = []  # (client, pid) per response, in order
+
+        def client(number: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            while not stop.is_set():
+                try:
+                    conn.request("GET", "/leak?kib=256")
+                    resp = conn.getresponse()
+                    resp.read()
+                    served.append((number, int(resp.getheader("x-pid", "0") or 0)))
+                except (OSError, http.client.HTTPException):
+                    conn.close()  # closed by the server: connect again, to whichever worker
+                    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+        for thread in threads:
+            thread.start()
+        try:
+            line = poll(lambda: server.log_lines("exited gracefully after retirement"), timeout=60, what="a retirement")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(15)
+        retired = server.log_lines("retiring worker")[0]
+        at_retirement = int(re.search(r"requests=(\d+)", retired)[1])
+        at_exit = int(re.search(r"requests=(\d+)", line[0])[1])
+        # each keep-alive connection gets at most its current response once the retirement begins
+        assert at_exit - at_retirement <= clients, f"{at_exit - at_retirement} requests served after the retirement"

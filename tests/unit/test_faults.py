@@ -4,12 +4,17 @@ mocked."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 
 import psutil
 import pytest
 
 from gunicorn_memguard.probes.memory import STATM, MemoryProbe
+from gunicorn_memguard.report.eventlog import EventLog
+from gunicorn_memguard.report.lines import Death, exit_report
+from gunicorn_memguard.shared.scoreboard import Scoreboard
 
 MiB = 2**20
 
@@ -65,3 +70,36 @@ def test_probe_falls_back_to_psutil_after_repeated_losses():
         assert _rss_is_plausible(probe.rss())
     assert probe._statm is None, "after MAX_REOPENS it stops reopening and reads through psutil"
     assert _rss_is_plausible(probe.rss())
+
+
+# -- the exit report: a stop is not a fault ------------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGQUIT, signal.SIGINT])
+def test_a_worker_stopped_by_a_stop_signal_is_not_an_error(sig):
+    board = Scoreboard()
+    view = dataclasses.replace(board.read(board.claim()), pid=42, rss=10 * MiB, retire_started=0.0)
+    report = exit_report(42, view, 120.0, Death(sig, None))
+    assert report.level == "info" and f"was stopped by {signal.Signals(sig).name}" in report.message
+
+
+def test_a_worker_killed_by_another_signal_is_still_an_error():
+    board = Scoreboard()
+    view = dataclasses.replace(board.read(board.claim()), pid=42, rss=10 * MiB, retire_started=0.0)
+    assert exit_report(42, view, 120.0, Death(signal.SIGSEGV, None)).level == "error"
+
+
+# -- the event log: one fault, one line, across processes ----------------------------------------
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_failing_event_log_is_reported_by_one_process_only():
+    events = EventLog("/dev/full")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker: the first to fail reports it
+        transition = events.write("sample", os.getpid())
+        os.write(write, b"1" if transition is not None and transition.failed else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1", "the first process to fail reports the fault"
+    assert events.failing, "the fault is known to every process sharing the log"
+    assert events.write("exit", os.getpid()) is None, "the master does not report it again"
+    os.close(read)
+    os.close(write)

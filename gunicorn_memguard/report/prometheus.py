@@ -343,10 +343,7 @@ class _MetricsServer:
         self.connections.clear()
         if self.socket is not None:
             self.socket.close()
-        try:
-            os.close(self.selector.fileno())  # type: ignore[attr-defined]
-        except (OSError, AttributeError):
-            pass
+        self.selector.close()  # through its object: an fd closed by number could be closed again later
 
 
 class MetricsEndpoint:

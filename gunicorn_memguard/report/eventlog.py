@@ -62,7 +62,7 @@ class EventLog:
     under a non-blocking ``lockf`` on the log file, held for a few instructions and never across
     a write, so no process ever waits on another. A short write (the disk filled mid-line) leaves a
     partial line; the next successful write starts with a newline, so every other line still
-    parses.
+    parses (two processes doing so at once leave an empty line).
     """
 
     def __init__(self, path: str) -> None:

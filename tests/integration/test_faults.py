@@ -90,6 +90,8 @@ def fill(disk: Path) -> Path:
 def parsed(path: Path) -> tuple[list[dict], list[str]]:
     events, broken = [], []
     for line in path.read_text(errors="replace").splitlines():
+        if not line:
+            continue  # two processes ending the same partial line leave an empty one
         try:
             events.append(json.loads(line))
         except ValueError:

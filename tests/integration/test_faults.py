@@ -248,6 +248,8 @@ def test_stopping_gunicorn_with_uvicorn_workers_logs_no_error(args, how, tmp_pat
     try:
         server.wait_ready()
         workers = server.worker_pids()
+        # both serving (uvicorn's signal handlers are in place from this line on), not still booting
+        poll(lambda: all(server.log_lines(f"Started server process [{pid}]") for pid in workers), 10, what="uvicorn")
         server.proc.send_signal(getattr(signal, how))
         server.proc.wait(30)
     finally:

@@ -83,7 +83,8 @@ class Runtime:
                 exc,
             )
             return
-        log.info("memguard: Prometheus metrics at %s", self.metrics.url)
+        if self.metrics.serving:  # else it said the port is in use, and says so again once it is bound
+            log.info("memguard: Prometheus metrics at %s", self.metrics.url)
 
     def coordinate(self, server: Any) -> None:
         """Attach the retirement coordinator to the arbiter once (idempotent; from ``when_ready`` for

@@ -58,6 +58,11 @@ OUTCOMES = (
 )
 
 
+# The signals that ask a worker to stop (gunicorn's master sends TERM for a graceful stop, QUIT for
+# a quick one; INT reaches workers from a terminal's Ctrl-C): dying by one of them is not a fault.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGQUIT, signal.SIGINT})
+
+
 def signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -124,6 +129,14 @@ def exit_report(
         )
     if slot.state is State.EXITED:
         return ExitReport("debug", f"memguard: worker pid={pid} exited; {last}", "exited")
+    if death is not None and death.signal in STOP_SIGNALS:
+        # how gunicorn's master stops a worker (shutdown, HUP, TTOU, USR2) or an operator does:
+        # a stop, not a fault (stock uvicorn workers re-raise it after their shutdown and die by it)
+        return ExitReport(
+            "info",
+            f"memguard: worker pid={pid} was stopped by {signal_name(death.signal)} with no retirement in progress",
+            "signal",
+        )
     outcome, how = _killed_by(death, oom_killed)
     if outcome == "died":
         return ExitReport(

@@ -12,26 +12,36 @@ replacement (its age and requests start again from zero). The PID is a value
 (``memguard_worker_pid``), not a label.
 
 A thread in the master and ``fork()``: a lock held by this thread when the master forks a
-worker would stay locked in the worker. So each scrape is handled entirely under
-``fork_lock``, which ``os.register_at_fork`` takes around every fork from the master (waiting
-out a scrape in progress; a client that stalls is cut off after ``REQUEST_TIMEOUT``), and the
-forked worker closes its copy of the listening socket.
+worker would stay locked in the worker. So rendering a scrape's payload (the collector, the
+tally's lock, prometheus-client's own) is done under ``fork_lock``, which ``os.register_at_fork``
+takes around every fork from the master, and nothing else is: reading a request and writing the
+answer happen without it, on non-blocking sockets, in one thread multiplexing at most
+``MAX_CONNECTIONS`` connections, each cut off ``REQUEST_TIMEOUT`` after it was accepted. An idle
+connection therefore costs a fork nothing, and when the connections are all taken the oldest one
+that has not sent its request yet makes room for the new one. The forked worker closes its copies
+of the listening socket and of every open scrape connection.
+
+A port in use when the endpoint starts (the old master of a USR2 upgrade still holds it) is
+bound again every ``BIND_RETRY`` seconds, one ``bind()`` each, until it is free: the new master
+serves metrics once the old one exits.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import selectors
 import socket
-import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 
 from ..policy.verdict import REASONS
 from ..settings import Settings
@@ -40,7 +50,11 @@ from ..shared.scoreboard import Scoreboard, State
 from .lines import OUTCOMES
 from .tally import Tally
 
-REQUEST_TIMEOUT = 2.0  # seconds a scrape may take on the socket before it is dropped
+REQUEST_TIMEOUT = 2.0  # seconds from accepting a connection to having answered it, or it is dropped
+MAX_CONNECTIONS = 8  # scrape connections served at once
+MAX_REQUEST = 8192  # bytes of request line and headers
+BIND_RETRY = 1.0  # seconds between attempts to bind a port in use
+_TICK = 0.25  # the thread's longest wait: deadlines and bind retries are checked this often
 _LIVE = (State.RUNNING, State.WAITING, State.GRANTED, State.RETIRING)
 
 
@@ -151,28 +165,186 @@ class ScoreboardCollector:
         )
 
 
-class _QuietHandler(WSGIRequestHandler):
-    timeout = REQUEST_TIMEOUT
+class _Connection:
+    __slots__ = ("sock", "deadline", "accepted", "inbox", "outbox")
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """No access log: gunicorn's own log is the place for memguard's messages."""
+    def __init__(self, sock: socket.socket, now: float) -> None:
+        self.sock = sock
+        self.accepted = now
+        self.deadline = now + REQUEST_TIMEOUT
+        self.inbox = b""
+        self.outbox: memoryview | None = None  # set once the answer is rendered
 
 
-class _MetricsServer(WSGIServer):
-    fork_lock: threading.Lock
+def _response(status: str, content_type: str, body: bytes, head: bool = False) -> bytes:
+    header = (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1")
+    return header if head else header + body
 
-    def server_bind(self) -> None:
-        """HTTPServer.server_bind without its reverse-DNS lookup of the address."""
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
-        self.setup_environ()
 
-    def process_request(self, request: Any, client_address: Any) -> None:
+class _MetricsServer:
+    """One thread, non-blocking sockets, a selector: accept, read a request, render the answer
+    under ``fork_lock``, write it, close."""
+
+    def __init__(self, address: str, port: int, render: Callable[[str], tuple[str, str, bytes]], log: Any) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.wanted = (address, port)
+        self.server_address: tuple[Any, ...] = self.wanted
+        self.render = render  # Accept header -> (status, content type, payload); called under fork_lock
+        self.log = log
+        self.fork_lock = threading.Lock()
+        self.socket: socket.socket | None = None
+        self.selector = selectors.DefaultSelector()
+        self.connections: dict[int, _Connection] = {}
+        self.busy_since: float | None = None  # the port was in use at start-up, since then
+        self._next_bind = 0.0
+        self._stop = threading.Event()
+
+    # -- binding ------------------------------------------------------------------------------
+    def bind(self) -> bool:
+        """Bind and listen; False if the port is in use (any other error raises OSError)."""
+        sock = socket.socket(self.address_family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(self.wanted)
+            sock.listen(64)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+        with self.fork_lock:  # a worker forked now must see the socket, to close its copy
+            self.socket = sock
+            self.server_address = sock.getsockname()
+            self.selector.register(sock, selectors.EVENT_READ, None)
+        return True
+
+    def _retry_bind(self, now: float) -> None:
+        if now < self._next_bind:
+            return
+        self._next_bind = now + BIND_RETRY
+        try:
+            bound = self.bind()
+        except OSError as exc:
+            self.log.error("memguard: cannot serve Prometheus metrics on %s port %s: %s; giving up", *self.wanted, exc)
+            self.busy_since = None
+            return
+        if bound:
+            waited, self.busy_since = now - (self.busy_since or now), None
+            self.log.info("memguard: Prometheus metrics at %s (after waiting %.1fs for its port)", self.url, waited)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{f'[{host}]' if ':' in str(host) else host}:{port}/metrics"
+
+    # -- serving --------------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if self.socket is None and self.busy_since is not None:
+                self._retry_bind(now)
+            for key, mask in self.selector.select(_TICK):
+                if key.data is None:
+                    self._accept()
+                else:
+                    self._step(key.data, mask)
+            now = time.monotonic()
+            for connection in [c for c in self.connections.values() if c.deadline < now]:
+                self._close(connection)  # a stalled or idle client: cut off
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+    def _accept(self) -> None:
+        assert self.socket is not None
+        try:
+            sock, _ = self.socket.accept()
+        except OSError:
+            return
+        sock.setblocking(False)
+        if len(self.connections) >= MAX_CONNECTIONS:
+            waiting = [c for c in self.connections.values() if c.outbox is None]
+            if not waiting:  # all busy being answered: this one is refused
+                sock.close()
+                return
+            self._close(min(waiting, key=lambda c: c.accepted))  # the oldest idle one makes room
+        connection = _Connection(sock, time.monotonic())
+        with self.fork_lock:  # a worker forked now must know every connection, to close its copy
+            self.connections[sock.fileno()] = connection
+        self.selector.register(sock, selectors.EVENT_READ, connection)
+
+    def _close(self, connection: _Connection) -> None:
         with self.fork_lock:
-            super().process_request(request, client_address)
+            self.connections.pop(connection.sock.fileno(), None)
+        try:
+            self.selector.unregister(connection.sock)
+        except (KeyError, ValueError):
+            pass
+        try:
+            connection.sock.shutdown(socket.SHUT_RDWR)  # FIN now, even if a forked worker still held a copy
+        except OSError:
+            pass
+        connection.sock.close()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A broken scrape connection is the scraper's problem; nothing to print."""
+    def _step(self, connection: _Connection, mask: int) -> None:
+        try:
+            if connection.outbox is None:
+                data = connection.sock.recv(4096)
+                if not data:
+                    self._close(connection)
+                    return
+                connection.inbox += data
+                if b"\r\n\r\n" not in connection.inbox and b"\n\n" not in connection.inbox:
+                    if len(connection.inbox) > MAX_REQUEST:
+                        self._answer(connection, _response("431 Request Header Fields Too Large", "text/plain", b""))
+                    return
+                self._answer(connection, self._handle(connection.inbox))
+            sent = connection.sock.send(connection.outbox)  # type: ignore[arg-type]
+            connection.outbox = connection.outbox[sent:]  # type: ignore[index]
+            if not connection.outbox:
+                self._close(connection)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(connection)
+
+    def _answer(self, connection: _Connection, payload: bytes) -> None:
+        connection.outbox = memoryview(payload)
+        self.selector.modify(connection.sock, selectors.EVENT_WRITE, connection)
+
+    def _handle(self, raw: bytes) -> bytes:
+        head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].decode("latin-1")
+        lines = head.splitlines()
+        parts = lines[0].split() if lines else []
+        if len(parts) < 2:
+            return _response("400 Bad Request", "text/plain", b"")
+        method, target = parts[0], parts[1]
+        if method not in ("GET", "HEAD"):
+            return _response("405 Method Not Allowed", "text/plain", b"")
+        if urlsplit(target).path == "/favicon.ico":
+            return _response("200 OK", "text/plain", b"")
+        accept = ""
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "accept":
+                accept = value.strip()
+        with self.fork_lock:  # the only work done under it: no socket I/O
+            status, content_type, body = self.render(accept)
+        return _response(status, content_type, body, head=method == "HEAD")
+
+    # -- fork -----------------------------------------------------------------------------------
+    def close_in_child(self) -> None:
+        """In a worker just forked from the master: drop every copy of the endpoint's sockets
+        (close only; a shutdown() would end the master's connections)."""
+        for connection in self.connections.values():
+            connection.sock.close()
+        self.connections.clear()
+        if self.socket is not None:
+            self.socket.close()
+        self.selector.close()  # through its object: an fd closed by number could be closed again later
 
 
 class MetricsEndpoint:
@@ -181,25 +353,30 @@ class MetricsEndpoint:
     def __init__(self, address: str, port: int, collector: ScoreboardCollector, log: Any) -> None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)
-        metrics_app = make_wsgi_app(registry)
         self.log = log
         self._failed = False
 
-        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        def render(accept: str) -> tuple[str, str, bytes]:
             try:
-                return metrics_app(environ, start_response)
+                encoder, content_type = choose_encoder(accept)
+                return "200 OK", content_type, encoder(registry)
             except Exception as exc:  # noqa: BLE001 - a memguard bug must not take the master down
                 if not self._failed:
                     self._failed = True
                     log.exception("memguard: error while collecting Prometheus metrics")
-                start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
-                return [f"memguard: {exc!r}\n".encode()]
+                return "500 Internal Server Error", "text/plain", f"memguard: {exc!r}\n".encode()
 
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        server_class = type("MetricsServer", (_MetricsServer,), {"address_family": family})
-        self.server: _MetricsServer = server_class((address, port), _QuietHandler)  # raises OSError if taken
-        self.server.set_app(app)
-        self.server.fork_lock = threading.Lock()
+        self.server = _MetricsServer(address, port, render, log)
+        if not self.server.bind():  # any error but "in use" raises OSError
+            self.server.busy_since = time.monotonic()
+            self.server._next_bind = self.server.busy_since + BIND_RETRY
+            log.warning(
+                "memguard: Prometheus metrics port %s on %s is in use (during a USR2 upgrade the old master "
+                "holds it); binding again every %gs until it is free",
+                port,
+                address,
+                BIND_RETRY,
+            )
         self.master_pid = os.getpid()
         self._forking = False
         os.register_at_fork(
@@ -211,11 +388,13 @@ class MetricsEndpoint:
         self.thread.start()
 
     @property
+    def serving(self) -> bool:
+        """The port is bound (False while it waits for a port in use)."""
+        return self.server.socket is not None
+
+    @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        if isinstance(host, bytes):  # an AF_UNIX address; never, for the TCP address memguard binds
-            host = host.decode()
-        return f"http://{f'[{host}]' if ':' in str(host) else host}:{port}/metrics"
+        return self.server.url
 
     def _before_fork(self) -> None:
         if os.getpid() == self.master_pid:
@@ -230,4 +409,4 @@ class MetricsEndpoint:
     def _after_fork_in_child(self) -> None:
         if self._forking:  # forked from the master: this process never serves metrics
             self._forking = False
-            self.server.socket.close()
+            self.server.close_in_child()

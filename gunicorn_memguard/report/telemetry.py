@@ -37,25 +37,20 @@ class Statsd:
 
 
 class Telemetry:
-    """Both channels behind one call per kind of event; a failing event log is logged once."""
+    """Both channels behind one call per kind of event; a failing event log is logged once per
+    fault, and its recovery once (see ``EventLog``)."""
 
     def __init__(self, events: EventLog | None, log: Any, cfg: Any) -> None:
         self.events = events
         self.log = log
         self.statsd = Statsd(log, cfg)
-        self._failure_logged = False
 
     def _event(self, event: str, pid: int, **fields: Any) -> None:
         if self.events is None:
             return
-        self.events.write(event, pid, **fields)
-        if self.events.failed is not None and not self._failure_logged:
-            self._failure_logged = True
-            self.log.error(
-                "memguard: cannot write the event log %s (%s); no more events go there",
-                self.events.path,
-                self.events.failed,
-            )
+        transition = self.events.write(event, pid, **fields)
+        if transition is not None:  # once per fault for the whole server, not per process or event
+            (self.log.error if transition.failed else self.log.warning)("%s", transition.message)
 
     def sample(
         self,

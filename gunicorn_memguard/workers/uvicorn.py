@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import signal
 import sys
 import warnings
 from collections.abc import Awaitable, Callable
@@ -73,6 +74,22 @@ def _is_asgi3(app: Any) -> bool:
     return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(getattr(app, "__call__", None))  # noqa: B004
 
 
+class _Server(Server):
+    """uvicorn's ``Server``, except that a stop signal ends the worker with exit status 0.
+
+    uvicorn (0.29 and later) re-raises SIGTERM/SIGINT once it has shut down, and the worker's
+    handlers are SIG_DFL by then, so every normal stop of gunicorn (SIGTERM or SIGINT to the
+    master, HUP, TTOU) killed each worker *by* the signal: gunicorn's ``worker_exit`` hook never
+    ran, and the master could only report a worker killed by SIGTERM. gunicorn's own workers
+    exit 0 after a graceful stop; so does this one."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        captured = getattr(self, "_captured_signals", None)  # absent before uvicorn 0.29
+        if captured and captured[-1] == sig:
+            captured.pop()
+
+
 class _Guarded(MemguardWorker):
     memguard_server: Server | None = None
     memguard_loop: asyncio.AbstractEventLoop | None = None
@@ -83,6 +100,16 @@ class _Guarded(MemguardWorker):
     notify: Callable[[], None]
     _install_sigquit_handler: Callable[[], None]
 
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGQUIT, gunicorn's quick stop (SIGINT or SIGQUIT to the master): the parent installs
+        this as its handler, but gunicorn's ``handle_exit`` only clears ``alive``, which uvicorn
+        never reads, so the worker served on until the master SIGKILLed it after
+        graceful_timeout. Stop uvicorn at once instead, and exit 0."""
+        super().handle_exit(sig, frame)  # type: ignore[misc]
+        server = self.memguard_server
+        if server is not None and sig == signal.SIGQUIT:
+            server.should_exit = server.force_exit = True
+
     def load_wsgi(self) -> None:
         super().load_wsgi()  # type: ignore[misc]
         if _is_asgi3(self.wsgi):  # an ASGI2 app is left as it is: timer checks only
@@ -92,7 +119,7 @@ class _Guarded(MemguardWorker):
         """The parent's ``_serve``, keeping the ``Server`` it otherwise holds in a local."""
         self.memguard_loop = asyncio.get_running_loop()
         self.config.app = self.wsgi
-        server = self.memguard_server = Server(config=self.config)
+        server = self.memguard_server = _Server(config=self.config)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:
@@ -118,15 +145,19 @@ class _Guarded(MemguardWorker):
         whose request has not arrived yet. So the listeners' readers are removed first, and the
         servers are closed by uvicorn only once those connections have a request in."""
         loop = asyncio.get_running_loop()
+        told: set[Any] = set()
         try:
             for listener in server.servers:
                 for sock in listener.sockets:
                     if not loop.remove_reader(sock.fileno()):  # not a selector loop (uvloop): close it
                         listener.close()
+            _end_keep_alive(server, told)
             deadline = loop.time() + ACCEPTED_GRACE
             await asyncio.sleep(0.05)  # connections accepted just before get their protocol
+            _end_keep_alive(server, told)
             while loop.time() < deadline and any(_awaits_request(c) for c in server.server_state.connections):
                 await asyncio.sleep(0.01)
+                _end_keep_alive(server, told)  # a request that arrived meanwhile is its connection's last
         finally:
             server.should_exit = True  # read by uvicorn's main loop every 0.1 s
         # uvicorn sends no heartbeat while it shuts down, so gunicorn's master would kill a long drain
@@ -134,6 +165,18 @@ class _Guarded(MemguardWorker):
         while True:
             self.notify()
             await asyncio.sleep(1.0)
+
+
+def _end_keep_alive(server: Server, told: set[Any]) -> None:
+    """Every HTTP connection that has had a request ends after its current response: uvicorn's
+    own per-connection ``shutdown()`` closes it if idle, else turns keep-alive off for the
+    response in flight. Without this, keep-alive clients go on being served for the whole grace,
+    up to ``ACCEPTED_GRACE``. Connections still waiting for their first request are left to
+    deliver it (see ``_memguard_drain``); WebSocket connections have no ``cycle``."""
+    for connection in list(server.server_state.connections):
+        if connection not in told and getattr(connection, "cycle", None) is not None:
+            told.add(connection)
+            connection.shutdown()
 
 
 def _awaits_request(connection: Any) -> bool:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from ..policy import Reason
@@ -37,28 +36,9 @@ from ..shared.scoreboard import SLOT_ATTR, Scoreboard, SlotView, State
 from ..units import format_size
 from .readiness import Readiness
 from .room import Room
+from .spares import LEAVING, Retirement, Spares
 
 TOTAL_REASON = Reason.TOTAL_MEMORY
-# A spare started for a worker predicted to reach its soft limit replaces it anyway if the worker
-# has not got there this many replacement boot times after the spare was ready (at least 2 s).
-STALL_BOOTS = 3.0
-STALL_MIN = 2.0
-# States of a worker that is leaving: each counts against the retirement budget.
-LEAVING = (State.GRANTED, State.RETIRING, State.EXITED, State.OVERRAN)
-
-
-@dataclass
-class Retirement:
-    """One retirement the coordinator started."""
-
-    target: int  # pid of the worker to retire
-    reason: str
-    started: float  # monotonic
-    raised: bool  # num_workers was raised by one for its replacement
-    granted: bool  # the target was told to retire
-    early: bool = False  # started ahead of the soft limit, on the worker's forecast (predictive spawn-first)
-    spare_ready: float = 0.0  # monotonic, when its replacement was first ready (early ones)
-    before: frozenset[int] = frozenset()  # the workers when its replacement was started (early ones)
 
 
 class Coordinator:
@@ -77,6 +57,7 @@ class Coordinator:
         self.log = log
         self.room = Room(settings, container, shared)
         self.readiness = Readiness(shared)
+        self.spares = Spares(self.readiness, log)
         self.retirements: dict[int, Retirement] = {}
         self._next_total_check = 0.0
         self.drain_first = 0  # retirees that reached the ceiling before their replacement was ready
@@ -140,15 +121,8 @@ class Coordinator:
     def _start_spares(self, now: float, workers: dict[int, Any], views: dict[int, SlotView], busy: int) -> int:
         """Predictive spawn-first: a worker whose forecast reaches its soft limit within a few boot
         times gets its replacement started now. Returns how many were started."""
-        due = sorted(
-            (v.due, pid) for pid, v in views.items()
-            if v.state is State.RUNNING and v.due > 0 and pid not in self.retirements
-        )  # fmt: skip
-        started = 0
-        for _, pid in due[: free_turns(self.settings.max_concurrent_retirements, busy)]:
-            if self._start(now, pid, Reason.SOFT_LIMIT, workers, views, early=True):
-                started += 1
-        return started
+        due = self.spares.due(views, self.retirements)[: free_turns(self.settings.max_concurrent_retirements, busy)]
+        return sum(self._start(now, pid, Reason.SOFT_LIMIT, workers, views, early=True) for pid in due)
 
     def _views(self, workers: dict[int, Any]) -> dict[int, SlotView]:
         """Slots of the workers whose guard has started (it writes its pid when the app is loaded)."""
@@ -207,9 +181,9 @@ class Coordinator:
                         "soft limit and ceiling faster than a worker boots)",
                         retirement.target, now - retirement.started, self.drain_first,
                     )  # fmt: skip
-            elif ready and self._forecast_failed(retirement, view, now):
+            elif ready and self.spares.forecast_failed(retirement, view, now):
                 self._spare_goes(retirement, workers, now)
-            elif ready and self._due_now(retirement, view, now):
+            elif ready and self.spares.due_now(retirement, view, now):
                 self._grant(retirement, workers)
                 serving.discard(retirement.target)
                 self.log.info(
@@ -224,38 +198,11 @@ class Coordinator:
                     now - retirement.started, retirement.target,
                 )  # fmt: skip
 
-    def _stalled(self, retirement: Retirement, now: float) -> bool:
-        """An early spare has been ready a few boot times and its worker has not asked yet."""
-        if retirement.spare_ready == 0.0:
-            retirement.spare_ready = now
-        return now - retirement.spare_ready >= max(STALL_MIN, STALL_BOOTS * self.readiness.ready_time())
-
-    def _forecast_failed(self, retirement: Retirement, view: SlotView | None, now: float) -> bool:
-        """The worker no longer projects reaching its limit (a reclaim, or its growth stopped)."""
-        early = retirement.early and view is not None and view.state is State.RUNNING
-        return early and view is not None and view.due == 0.0 and self._stalled(retirement, now)
-
-    def _due_now(self, retirement: Retirement, view: SlotView | None, now: float) -> bool:
-        """With its replacement ready, a target goes once it asks (at its soft limit); one started
-        early that still projects its limit but has not got there goes anyway after a while, so
-        that the replacement is not wasted."""
-        if not retirement.early or view is None or view.state is State.WAITING:
-            return True
-        if not self._stalled(retirement, now):
-            return False
-        self.log.info(
-            "memguard: worker pid=%s has not reached its limit %.1fs after its replacement was ready (its growth "
-            "slowed); it retires now so that the replacement is not wasted",
-            retirement.target, now - retirement.spare_ready,
-        )  # fmt: skip
-        return True
-
     def _spare_goes(self, retirement: Retirement, workers: dict[int, Any], now: float) -> None:
         """The worker a spare was started for no longer needs replacing: the spare goes instead (the
         newest worker started since), and the worker count comes back down once it has exited."""
         del self.retirements[retirement.target]
-        spares = [pid for pid in workers if pid not in retirement.before]
-        spare = max(spares, key=lambda pid: getattr(workers[pid], "age", 0), default=None)
+        spare = Spares.successor(retirement, workers)
         if spare is None:
             self._lower(retirement)
             return

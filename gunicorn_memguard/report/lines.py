@@ -91,42 +91,53 @@ def exit_report(
         return ExitReport("debug", f"memguard: worker pid={pid} exited (no memguard record)", "unknown")
     last = f"last {format_size(slot.value)} (rss {format_size(slot.rss)})" if slot.rss else "never sampled"
     if slot.retire_started:
-        drained = now - slot.retire_started
-        if slot.state is State.OVERRAN:
-            return ExitReport(
-                "error",
-                (
-                    f"memguard: worker pid={pid} was made to exit {drained:.1f}s into its retirement "
-                    f"(reason={slot.reason}): its drain outlived graceful_timeout"
-                ),
-                "overran",
-            )
-        if slot.state is State.EXITED:
-            return ExitReport(
-                "info",
-                (
-                    f"memguard: worker pid={pid} exited gracefully after retirement "
-                    f"reason={slot.reason} drain={drained:.1f}s requests={slot.requests}"
-                ),
-                "graceful",
-            )
-        if death is not None and death.signal == signal.SIGTERM:  # stock uvicorn re-raises it after its shutdown
-            return ExitReport(
-                "info",
-                (
-                    f"memguard: worker pid={pid} ended by SIGTERM after its own shutdown, following retirement "
-                    f"reason={slot.reason} drain={drained:.1f}s (stock uvicorn workers end this way)"
-                ),
-                "graceful",
-            )
-        outcome, how = _killed_by(death, oom_killed)
-        if outcome == "died":
-            how = "ended without a clean exit; its drain overran graceful_timeout or it was killed"
+        return _after_retirement(pid, slot, now - slot.retire_started, death, oom_killed, last)
+    return _unretired(pid, slot, death, oom_killed, last)
+
+
+def _after_retirement(
+    pid: int, slot: SlotView, drained: float, death: Death | None, oom_killed: bool | None, last: str
+) -> ExitReport:
+    """A retired worker's end: graceful, overran, or killed while it drained."""
+    if slot.state is State.OVERRAN:
         return ExitReport(
-            "warning",
-            (f"memguard: worker pid={pid} {how} {drained:.1f}s into its retirement (reason={slot.reason}); {last}"),
-            "killed_while_retiring",
+            "error",
+            (
+                f"memguard: worker pid={pid} was made to exit {drained:.1f}s into its retirement "
+                f"(reason={slot.reason}): its drain outlived graceful_timeout"
+            ),
+            "overran",
         )
+    if slot.state is State.EXITED:
+        return ExitReport(
+            "info",
+            (
+                f"memguard: worker pid={pid} exited gracefully after retirement "
+                f"reason={slot.reason} drain={drained:.1f}s requests={slot.requests}"
+            ),
+            "graceful",
+        )
+    if death is not None and death.signal == signal.SIGTERM:  # stock uvicorn re-raises it after its shutdown
+        return ExitReport(
+            "info",
+            (
+                f"memguard: worker pid={pid} ended by SIGTERM after its own shutdown, following retirement "
+                f"reason={slot.reason} drain={drained:.1f}s (stock uvicorn workers end this way)"
+            ),
+            "graceful",
+        )
+    outcome, how = _killed_by(death, oom_killed)
+    if outcome == "died":
+        how = "ended without a clean exit; its drain overran graceful_timeout or it was killed"
+    return ExitReport(
+        "warning",
+        (f"memguard: worker pid={pid} {how} {drained:.1f}s into its retirement (reason={slot.reason}); {last}"),
+        "killed_while_retiring",
+    )
+
+
+def _unretired(pid: int, slot: SlotView, death: Death | None, oom_killed: bool | None, last: str) -> ExitReport:
+    """A worker that ended with no retirement in progress: a stop, or a fault to explain."""
     if slot.state is State.EXITED:
         return ExitReport("debug", f"memguard: worker pid={pid} exited; {last}", "exited")
     if death is not None and death.signal in STOP_SIGNALS:

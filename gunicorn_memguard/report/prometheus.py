@@ -75,7 +75,11 @@ class ScoreboardCollector:
             slots = self.scoreboard.occupied()
             totals = self.tally.totals(view for _, view in slots)
         workers = [(str(index), view) for index, view in slots if view.pid and view.state in _LIVE]
+        yield from self._per_worker(workers, now)
+        yield from self._totals(totals)
+        yield from self._limits(now)
 
+    def _per_worker(self, workers: list[tuple[str, Any]], now: float) -> Iterator[Metric]:
         def per_worker(
             name: str, doc: str, figure: Callable[[Any], float | None], extra: dict[str, str] | None = None
         ) -> GaugeMetricFamily:
@@ -86,12 +90,11 @@ class ScoreboardCollector:
                     family.add_metric([label, *(extra or {}).values()], value)
             return family
 
-        metric = self.settings.metric
         yield per_worker(
             "memguard_worker_memory_bytes",
             "The enforced metric, read exactly at least every MEMGUARD_REPORT_INTERVAL",
             lambda v: v.exact if v.exact_at else None,
-            {"metric": metric},
+            {"metric": self.settings.metric},
         )
         yield per_worker("memguard_worker_rss_bytes", "Worker RSS at its last timer sample", lambda v: v.rss)
         yield per_worker(
@@ -110,10 +113,11 @@ class ScoreboardCollector:
             "Growth of the worker's memory floor over MEMGUARD_GROWTH_WINDOW (with MEMGUARD_MAX_GROWTH)",
             lambda v: None if math.isnan(v.growth) else v.growth,
         )
+
+    def _totals(self, totals: Any) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "memguard_reclaimed_bytes", "Memory given back by reclaims before retiring", value=totals.reclaimed
         )
-
         for name, doc, label, known, counts in (
             ("memguard_retirements", "Workers retired, by reason", "reason", REASONS, totals.retirements),
             (
@@ -136,6 +140,7 @@ class ScoreboardCollector:
                 family.add_metric([key], counts[key])
             yield family
 
+    def _limits(self, now: float) -> Iterator[Metric]:
         configured = self.shared.limits() if self.shared is not None else (None, None)
         limits = GaugeMetricFamily(
             "memguard_limit_bytes", "Per-worker limits (percentages resolved to bytes)", labels=["kind"]
@@ -152,7 +157,7 @@ class ScoreboardCollector:
         if self.shared is not None:
             yield GaugeMetricFamily(
                 "memguard_breaker_open",
-                "1 while the crash-loop breaker pauses soft recycling",
+                "1 while workers start near their limit (a crash loop): useless retirements wait for the backoff",
                 value=1 if self.shared.paused()[0] > now else 0,
             )
             yield CounterMetricFamily(

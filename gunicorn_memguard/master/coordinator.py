@@ -199,21 +199,15 @@ class Coordinator:
                 )  # fmt: skip
 
     def _spare_goes(self, retirement: Retirement, workers: dict[int, Any], now: float) -> None:
-        """The worker a spare was started for no longer needs replacing: the spare goes instead (the
-        newest worker started since), and the worker count comes back down once it has exited."""
+        """The worker a spare was started for no longer needs replacing: the spare goes instead, and
+        the worker count comes back down once it has exited."""
         del self.retirements[retirement.target]
-        spare = Spares.successor(retirement, workers)
-        if spare is None:
+        replaced = self.spares.instead(retirement, workers, now)
+        if replaced is None:
             self._lower(retirement)
             return
-        replaced = Retirement(spare, Reason.SPARE, now, raised=True, granted=False)
-        self.retirements[spare] = replaced
+        self.retirements[replaced.target] = replaced
         self._grant(replaced, workers)
-        self.log.info(
-            "memguard: worker pid=%s no longer projects reaching its limit (a reclaim, or its growth stopped); "
-            "the replacement started for it, pid=%s, is not needed and goes",
-            retirement.target, spare,
-        )  # fmt: skip
 
     def _start(
         self, now: float, pid: int, reason: str, workers: dict[int, Any], views: dict[int, SlotView],
@@ -258,19 +252,12 @@ class Coordinator:
         """Over the server-wide budget, the largest worker retires, drain-first, one at a time."""
         if any(r.reason == TOTAL_REASON for r in self.retirements.values()):
             return  # one at a time: the next is judged once this one is gone
+        if free_turns(self.settings.max_concurrent_retirements, busy) == 0:
+            return
         staying = {pid for pid, v in views.items() if pid not in self.retirements and v.state not in LEAVING}
-        over = self.room.over_budget(workers, staying)
-        if over is None or free_turns(self.settings.max_concurrent_retirements, busy) == 0:
-            return
-        victim, size = over
-        if not self.room.admit(size):
-            return
-        self.log.warning(
-            "memguard: workers' total PSS %s > max_total_memory %s; retiring the largest, pid=%s (pss %s), "
-            "before the kernel has to",
-            format_size(self.room.total), format_size(self.room.total_budget or 0), victim, format_size(size),
-        )  # fmt: skip
-        self._start(now, victim, TOTAL_REASON, workers, views)
+        victim = self.room.victim(workers, staying, self.log)
+        if victim is not None:
+            self._start(now, victim, TOTAL_REASON, workers, views)
 
     # -- acting -------------------------------------------------------------------------
     def _grant(self, retirement: Retirement, workers: dict[int, Any]) -> None:

@@ -12,6 +12,7 @@ from ..probes.cgroup import ContainerMemory, read_container_memory, read_working
 from ..probes.memory import available_memory, process_pss
 from ..settings import Settings
 from ..shared.limits import SharedLimits
+from ..units import format_size
 
 
 class Room:
@@ -52,6 +53,19 @@ class Room:
         mine = {pid: size for pid, size in sizes.items() if pid in staying}
         victim = largest_over_budget(mine, self.total_budget - (self.total - sum(mine.values())))
         return None if victim is None else (victim, sizes[victim])
+
+    def victim(self, workers: dict[int, Any], staying: set[int], log: Any) -> int | None:
+        """The worker the server-wide budget retires now (the largest staying one), if any: over the
+        budget, and not held back by the crash-loop backoff."""
+        over = self.over_budget(workers, staying)
+        if over is None or not self.admit(over[1]):
+            return None
+        log.warning(
+            "memguard: workers' total PSS %s > max_total_memory %s; retiring the largest, pid=%s (pss %s), "
+            "before the kernel has to",
+            format_size(self.total), format_size(self.total_budget or 0), over[0], format_size(over[1]),
+        )  # fmt: skip
+        return over[0]
 
     def admit(self, size: int) -> bool:
         """In a crash loop, the server-wide budget's retirements wait for the same backoff as the

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..policy import Reason
 from ..shared.scoreboard import SlotView, State
 from .readiness import Readiness
 
@@ -46,11 +47,19 @@ class Spares:
             )
         ]  # fmt: skip
 
-    @staticmethod
-    def successor(retirement: Retirement, workers: dict[int, Any]) -> int | None:
-        """The spare started for ``retirement``: the newest worker that was not there before it."""
+    def instead(self, retirement: Retirement, workers: dict[int, Any], now: float) -> Retirement | None:
+        """The retirement of the spare started for ``retirement`` (the newest worker that was not
+        there before it), for when its worker no longer needs replacing; None if it is gone."""
         spares = [pid for pid in workers if pid not in retirement.before]
-        return max(spares, key=lambda pid: getattr(workers[pid], "age", 0), default=None)
+        spare = max(spares, key=lambda pid: getattr(workers[pid], "age", 0), default=None)
+        if spare is None:
+            return None
+        self.log.info(
+            "memguard: worker pid=%s no longer projects reaching its limit (a reclaim, or its growth stopped); "
+            "the replacement started for it, pid=%s, is not needed and goes",
+            retirement.target, spare,
+        )  # fmt: skip
+        return Retirement(spare, Reason.SPARE, now, raised=True, granted=False)
 
     def stalled(self, retirement: Retirement, now: float) -> bool:
         """An early spare has been ready a few boot times and its worker has not asked yet."""

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import enum
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ..policy import KEEP, Action, Reason, Sample, Verdict
+from ..policy import KEEP, Action, Sample, Verdict
 from ..policy.forecast import Forecast
 from ..probes.memory import ProbeError
 from ..report.telemetry import Telemetry
@@ -33,10 +32,8 @@ from .publish import Publisher
 from .reading import Reader
 from .reclaim import Reclaimer, freeze_inherited
 from .retire import Retire
+from .sampler import Cadence, start_os_thread
 from .turns import WAIT_LINE, Turns
-
-# While waiting for the master's go-ahead, how often the sampler looks for it (an 8-byte read).
-GRANT_POLL = 0.05
 
 StartThread = Callable[[Callable[[], None]], None]
 
@@ -49,15 +46,6 @@ class Step(enum.Enum):
     RETIRE = "retire"
     WAIT = "wait"  # ask the master for a turn
     WOULD = "would"  # dry run: report it
-
-
-def start_os_thread(target: Callable[[], None]) -> None:
-    """The sampler must be a real OS thread: in a gevent worker a patched ``threading.Thread`` is a
-    greenlet, which never runs while a handler is CPU-bound (so use the unpatched original there)."""
-    if native.is_monkey_patched():
-        native.start_thread(target)
-    else:
-        threading.Thread(target=target, name="memguard-sampler", daemon=True).start()
 
 
 class Guard:
@@ -95,7 +83,7 @@ class Guard:
         self.retiring: Verdict | None = None
         self._reclaiming = False
         self._broken = False
-        self._next_sample = 0.0
+        self.cadence = Cadence(settings.check_interval)
         # Shared with the sampler OS thread: unpatched primitives even under gevent.
         self._lock = native.allocate_lock()
         self._stop = native.StopFlag()
@@ -125,11 +113,11 @@ class Guard:
 
     def _run_sampler(self) -> None:
         self._check(from_timer=True)  # so the master knows a baseline even if the worker dies young
-        while not self._stop.wait(GRANT_POLL if self._polling() else self.settings.check_interval):
+        while not self._stop.wait(self.cadence.wait(self._polling())):
             if self.retiring is None:
                 if self.turns is not None:
                     self._take_grant()  # also a master's own call, e.g. the server-wide budget
-                if not self._broken and self.retiring is None and self._sample_due():
+                if not self._broken and self.retiring is None and self.cadence.due():
                     self._check(from_timer=True)
             elif self.drain.overran():
                 self.drain.cut()
@@ -138,14 +126,6 @@ class Guard:
         """Poll fast while a turn is near: waiting for a grant, or due soon."""
         turns = self.turns
         return self.retiring is None and turns is not None and (turns.waiting is not None or turns.due > 0)
-
-    def _sample_due(self) -> bool:
-        """While polling, the sampler wakes every GRANT_POLL but measures once per check_interval."""
-        now = time.monotonic()
-        if now < self._next_sample:
-            return False
-        self._next_sample = now + self.settings.check_interval
-        return True
 
     # -- judging ------------------------------------------------------------------------
     def _check(self, from_timer: bool) -> None:
@@ -184,20 +164,10 @@ class Guard:
             verdict = self.policy.judge(sample)
             if self._reclaiming:  # another thread reclaims: only the ceiling is acted on meanwhile
                 return (verdict, self._step(verdict, now)) if verdict.action is Action.RETIRE_NOW else (KEEP, Step.NONE)
-            if not self._wants_reclaim(verdict, now):
+            if self.reclaimer is None or self.settings.dry_run or not self.reclaimer.wanted(verdict, now):
                 return verdict, self._step(verdict, now)
             self._reclaiming = True
         return self._reclaim(verdict)
-
-    def _wants_reclaim(self, verdict: Verdict, now: float) -> bool:
-        """A reclaim is tried before a soft-limit retirement (never at the ceiling: no waiting there)."""
-        return (
-            verdict.reason == Reason.SOFT_LIMIT
-            and not self.settings.dry_run
-            and self.reclaimer is not None
-            and self.reclaimer.due(now)
-            and self.reclaimer.could_free(verdict.value - verdict.limit)
-        )
 
     def _step(self, verdict: Verdict, now: float) -> Step:
         """Under the lock: what to do with a verdict. Over the ceiling (retire-now) the worker goes at

@@ -16,7 +16,7 @@ import gc
 import time
 from collections.abc import Callable
 
-from ..policy import Verdict
+from ..policy import Reason, Verdict
 from ..units import format_size
 
 
@@ -88,6 +88,11 @@ class Reclaimer:
     @property
     def how(self) -> str:
         return "gc.collect + malloc_trim" if self._trim is not None else "gc.collect"
+
+    def wanted(self, verdict: Verdict, now: float) -> bool:
+        """A reclaim comes before a soft-limit retirement (never at the ceiling: no waiting there),
+        at most once per interval, and only if glibc's free lists could bring the worker under."""
+        return verdict.reason == Reason.SOFT_LIMIT and self.due(now) and self.could_free(verdict.value - verdict.limit)
 
     def due(self, now: float) -> bool:
         return now - self._last >= self.interval

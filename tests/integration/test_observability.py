@@ -21,8 +21,11 @@ HOOKS = ["-c", "python:gunicorn_memguard.conf"]
 
 
 def env(limit: int, **extra: str) -> dict[str, str]:
+    """A ceiling (the hard limit) far above the soft limit, so every retirement here is a soft-limit
+    one, the reason these tests count."""
     return {
         "MEMGUARD_MAX_MEMORY": f"{limit}B",
+        "MEMGUARD_HARD_MAX_MEMORY": f"{limit + 200 * MiB}B",
         "MEMGUARD_MIN_LIFETIME": "0s",
         "MEMGUARD_CHECK_INTERVAL": "200ms",
         "MEMGUARD_REPORT_INTERVAL": "200ms",

@@ -312,5 +312,9 @@ def test_a_retiring_uvicorn_worker_closes_keep_alive_connections_after_their_res
         retired = server.log_lines("retiring worker")[0]
         at_retirement = int(re.search(r"requests=(\d+)", retired)[1])
         at_exit = int(re.search(r"requests=(\d+)", line[0])[1])
-        # each keep-alive connection gets at most its current response once the retirement begins
-        assert at_exit - at_retirement <= clients, f"{at_exit - at_retirement} requests served after the retirement"
+        # Once the retirement begins, each client gets at most its current response on its keep-alive
+        # connection, and one on a connection the worker accepted before its accept loop paused (a
+        # just-accepted connection is served, as README says): 2 per client, where it used to be
+        # hundreds (212 with 4 clients).
+        after = at_exit - at_retirement
+        assert after <= 2 * clients, f"{after} requests served after the retirement"

@@ -2,8 +2,9 @@
 
 RSS is an upper bound of USS and PSS, so while it clears every limit nothing else is read. An
 exact read (``/proc/self/smaps_rollup``) costs 0.4–17 ms, so from the request path it happens at
-most once a second unless the estimate — the last exact value plus the RSS growth since, since the
-new pages of a growing worker are private — says a limit may have been crossed.
+most once a second (every 100 ms within 5 % of a limit) unless the estimate — the last exact
+value plus the RSS growth since, since the new pages of a growing worker are private — says a limit
+may have been crossed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ from ..policy import Sample, WorkerPolicy
 from ..probes.memory import MemoryProbe
 
 EXACT_READ_MIN_GAP = 1.0
+# Within this share of a limit, at most this long between exact reads: the estimate cannot see
+# pages shared with the master turning private (refcount writes to inherited objects), so near a
+# limit it is trusted for 100 ms at most (an exact read there costs ~1 ms: ~1 % of a worker's time).
+NEAR = 0.95
+NEAR_GAP = 0.1
 
 
 class Reader:
@@ -31,7 +37,9 @@ class Reader:
         wants_exact = from_timer and (want_exact or policy.wants_exact(now))
         if policy.clears(rss) and not wants_exact:
             return Sample(now, rss, exact=False)
-        if from_timer or now - self._last_exact >= EXACT_READ_MIN_GAP or not policy.clears(self.estimate(rss)):
+        estimate, floor = self.estimate(rss), policy.floor or 0
+        gap = NEAR_GAP if estimate >= NEAR * floor else EXACT_READ_MIN_GAP
+        if from_timer or now - self._last_exact >= gap or not policy.clears(estimate):
             return self.exact(now, rss)
         return None
 

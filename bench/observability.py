@@ -92,7 +92,7 @@ def main() -> None:
                 "sample report (event log on, statsd off)",
                 median_us(
                     lambda: telemetry.sample(
-                        pid=1, worker=0, age=1.0, requests=1, metric="uss", value=1, rss=1, limit=1
+                        pid=1, worker=0, age=1.0, requests=1, metric="uss", value=1, rss=1, limit=1, growth=None
                     ),
                     2000,
                 ),

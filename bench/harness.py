@@ -164,8 +164,9 @@ class MemoryWatch:
     """Sample every worker's memory from outside, every ``interval`` seconds, in a thread.
 
     A worker stops being counted once gunicorn logs "Worker exiting" for it: that is after its
-    drain, when only interpreter teardown is left, which briefly turns memory shared with the
-    master private (USS +6 MiB on the test app, RSS unchanged) without serving anything. The log
+    drain, when only its exit is left (which, with ``MEMGUARD_FAST_EXIT=no`` or memguard off, runs
+    the interpreter's teardown: it briefly turns memory shared with the master private, USS +6 MiB
+    on the test app, RSS unchanged) without serving anything. The log
     is read again after each round of samples and a sample is kept only if its worker had not
     logged that line by then, so a sample taken in teardown is never kept, however long this
     thread waits for the CPU between reading the log and reading memory.

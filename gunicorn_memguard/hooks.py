@@ -17,6 +17,7 @@ from typing import Any
 from .master import arbiter, exits, limits, runtime
 from .report.telemetry import Telemetry
 from .shared.scoreboard import SLOT_ATTR
+from .worker import leave
 from .worker.guard import Guard
 from .worker.retire import retirement_for
 
@@ -128,6 +129,10 @@ def worker_exit(server: Any, worker: Any) -> None:
     guard = _guard()
     if guard is not None:
         guard.worker_exited()
+        # last of gunicorn's exit path (the user's worker_exit ran first): skip the teardown that
+        # would unshare the inherited heap (worker/leave.py); a dry run changes nothing
+        if guard.settings.fast_exit and not guard.settings.dry_run and leave.leaving_gracefully():
+            leave.leave()
 
 
 HOOKS: dict[str, Callable[..., None]] = {

@@ -304,6 +304,14 @@ class Settings:
         "on: see [crash-loop breaker](#crash-loop-breaker)); `off` silences it",
         format_count_rate,
     )
+    fast_exit = Setting(
+        parse_bool,
+        "yes",
+        BOOL_FORM,
+        "a worker exiting with status 0 runs its atexit callbacks, then skips the interpreter's teardown, "
+        "which turns pages shared with the master private ([Worth knowing](#worth-knowing))",
+        format_bool,
+    )
     # coordination in the master
     max_concurrent_retirements = Setting(
         _parse_workers,

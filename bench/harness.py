@@ -64,6 +64,7 @@ class Gunicorn:
         log_path: Path | None = None,
         workers: int = 2,
         cwd: Path = TESTS,
+        container: Container | None = None,
     ) -> None:
         self.port = free_port()
         self.nworkers = workers
@@ -86,6 +87,8 @@ class Gunicorn:
             *_control_socket_off(),
             *args,
         ]
+        if container is not None:
+            self.args = container.wrap(self.args)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, cwd=cwd, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -154,6 +157,72 @@ class Gunicorn:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Container:
+    """A real memory cgroup (v1) of ``limit`` bytes to start gunicorn in, as a container would.
+
+    It is made inside the memory cgroup this process runs in, never beside it, so whatever limits
+    the host sets still apply; the kernel's OOM killer acts in it at ``limit`` (no swap is counted:
+    ``memory.memsw`` is left alone, and these machines have none). ``unavailable()`` says why one
+    cannot be made here: not root, or no writable v1 memory controller (cgroup v2-only hosts)."""
+
+    V1 = Path("/sys/fs/cgroup/memory")
+
+    def __init__(self, limit: int, name: str | None = None) -> None:
+        why = self.unavailable()
+        if why:
+            raise RuntimeError(why)
+        self.path = self._parent() / (name or f"memguard-test-{os.getpid()}-{free_port()}")
+        self.path.mkdir()
+        (self.path / "memory.limit_in_bytes").write_text(str(limit))
+        self.limit = limit
+
+    @classmethod
+    def _parent(cls) -> Path:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                return cls.V1 / path.lstrip("/")
+        raise RuntimeError("no v1 memory cgroup in /proc/self/cgroup")
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        if os.geteuid() != 0:
+            return "making a memory cgroup needs root"
+        try:
+            parent = cls._parent()
+        except (OSError, RuntimeError) as exc:
+            return f"no cgroup v1 memory controller here ({exc})"
+        if not os.access(parent / "memory.limit_in_bytes", os.W_OK) or not os.access(parent, os.W_OK):
+            return f"the memory cgroup {parent} is not writable"
+        return None
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside this cgroup: the shell moves itself in, then execs (same pid)."""
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs"), *argv]
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel's OOM killer has killed in this cgroup."""
+        for line in (self.path / "memory.oom_control").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+        return 0
+
+    def peak(self) -> int:
+        """The most memory this cgroup has been charged (what the kernel compares to the limit)."""
+        return int((self.path / "memory.max_usage_in_bytes").read_text())
+
+    def close(self) -> None:
+        """Remove it once its processes are gone."""
+        poll(lambda: not (self.path / "cgroup.procs").read_text().strip(), 30, what=f"{self.path} to empty")
+        self.path.rmdir()
+
+    def __enter__(self) -> Container:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 EXITING = re.compile(rb"Worker exiting \(pid: (\d+)\)")

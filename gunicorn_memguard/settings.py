@@ -330,8 +330,9 @@ class Settings:
         parse_size_or_container_share,
         None,
         SIZE_OR_CONTAINER_SHARE_FORM,
-        "server-wide budget, a size or `%` of the container: over it, the largest worker (by PSS) is retired, "
-        "one at a time",
+        "server-wide budget for the workers' PSS and the master's, a size or `%` of the container: each worker "
+        "gets a share it enforces after every request; over the budget the largest is retired "
+        "([the budget](#container-relative-limits))",
         _show_total,
     )
 

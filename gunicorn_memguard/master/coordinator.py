@@ -249,13 +249,19 @@ class Coordinator:
         return True
 
     def _enforce_total(self, now: float, workers: dict[int, Any], views: dict[int, SlotView], busy: int) -> None:
-        """Over the server-wide budget, the largest worker retires, drain-first, one at a time."""
-        if any(r.reason == TOTAL_REASON for r in self.retirements.values()):
-            return  # one at a time: the next is judged once this one is gone
-        if free_turns(self.settings.max_concurrent_retirements, busy) == 0:
-            return
+        """The server-wide budget: each staying worker gets its share, which it enforces itself
+        at every check; over the budget, the largest retires, drain-first, one at a time."""
         staying = {pid for pid, v in views.items() if pid not in self.retirements and v.state not in LEAVING}
-        victim = self.room.victim(workers, staying, self.log)
+        victim = None
+        one_at_a_time = any(r.reason == TOTAL_REASON for r in self.retirements.values())
+        if not one_at_a_time and free_turns(self.settings.max_concurrent_retirements, busy) > 0:
+            victim = self.room.victim(workers, staying, self.log)
+        else:
+            self.room.measure_total(workers)
+        for pid, share in self.room.allowances(views, staying).items():
+            slot = getattr(workers[pid], SLOT_ATTR, None)
+            if slot is not None:
+                self.scoreboard.set_allowance(slot, share)
         if victim is not None:
             self._start(now, victim, TOTAL_REASON, workers, views)
 

@@ -8,12 +8,10 @@ from typing import TYPE_CHECKING, Any
 from ..policy.percentages import resolve
 from ..probes.cgroup import ContainerMemory, read_container_memory
 from ..probes.memory import own_rss
-from ..units import Share, format_size
+from ..units import format_size
 
 if TYPE_CHECKING:
     from .runtime import Runtime
-
-_NO_CONTAINER = ContainerMemory(limit=None, mem_total=0, cgroup=None)  # only byte limits: never read
 
 
 def resolve_limits(runtime: Runtime, server: Any) -> None:
@@ -26,16 +24,11 @@ def resolve_limits(runtime: Runtime, server: Any) -> None:
         return
     first = runtime.workers == 0
     runtime.workers = workers
-    if runtime.container is None and any(isinstance(x, Share) for x in (settings.max_memory, settings.hard_max_memory)):
+    if runtime.container is None:  # a few small files, once: shares need it, and so does the fit check
         runtime.container = read_container_memory()
         runtime.master_rss = own_rss()  # after preload_app, before the first fork
-    resolved = resolve(
-        settings.max_memory,
-        settings.hard_max_memory,
-        runtime.container or _NO_CONTAINER,
-        runtime.master_rss,
-        runtime.workers,
-    )
+    container = runtime.container
+    resolved = resolve(settings.max_memory, settings.hard_max_memory, container, runtime.master_rss, runtime.workers)
     shared.set_limits(resolved.soft, resolved.hard)
     if resolved.how:
         server.log.info("%s%s", resolved.how, "" if first else " (worker count changed)")
@@ -46,3 +39,21 @@ def resolve_limits(runtime: Runtime, server: Any) -> None:
                 format_size(resolved.hard),
                 format_size(resolved.soft),
             )
+    if settings.max_total_memory is None:
+        _warn_if_over_the_container(container, resolved.hard or resolved.soft, runtime, server.log)
+
+
+def _warn_if_over_the_container(container: ContainerMemory, ceiling: int | None, runtime: Runtime, log: Any) -> None:
+    """Workers that may each reach their ceiling, and together not fit the container: the kernel's
+    OOM killer could act where memguard would not (each worker is within its own limit)."""
+    if container.limit is None or not ceiling:
+        return
+    needed = ceiling * runtime.workers + runtime.master_rss
+    if needed > container.limit:
+        log.warning(
+            "memguard: %d workers x their ceiling %s + the master's %s = %s, more than this container's %s: "
+            "the kernel's OOM killer can act before memguard does; give each worker a share of the container "
+            "(MEMGUARD_MAX_MEMORY=80%%) or set a server-wide budget (MEMGUARD_MAX_TOTAL_MEMORY=90%%)",
+            runtime.workers, format_size(ceiling), format_size(runtime.master_rss), format_size(needed),
+            format_size(container.limit),
+        )  # fmt: skip

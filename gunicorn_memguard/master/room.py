@@ -3,15 +3,17 @@ the master. The decisions on the figures are pure (``policy/fleet.py``, ``policy
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from ..policy import breaker
-from ..policy.fleet import largest_over_budget
+from ..policy.fleet import allowances, fair_share, largest_over_budget
 from ..probes.cgroup import ContainerMemory, read_container_memory, read_working_set
 from ..probes.memory import available_memory, process_pss
 from ..settings import Settings
 from ..shared.limits import SharedLimits
+from ..shared.scoreboard import SlotView
 from ..units import format_size
 
 
@@ -20,7 +22,8 @@ class Room:
         self.container = container or read_container_memory()
         budget = settings.max_total_memory
         self.total_budget = budget.resolve(self.container.available) if budget is not None else None
-        self.total = 0  # last measured sum of the workers' PSS, when a total budget is set
+        self.total = 0  # last measured PSS of the workers and the master, when a total budget is set
+        self.master = 0  # the master's own PSS at that measurement
         self.shared = shared
 
     def headroom(self, workers: dict[int, Any]) -> int | None:
@@ -39,10 +42,31 @@ class Room:
         return min(room) if room else None
 
     def measure_total(self, workers: dict[int, Any]) -> dict[int, int]:
-        """Each worker's PSS, read by the master (0.4-17 ms each, so only with a total budget)."""
+        """Each worker's PSS, read by the master (0.4-17 ms each, so only with a total budget); the
+        total counts the master's own too (tens of MiB for a preloaded app)."""
         sizes = {pid: size for pid in workers if (size := process_pss(pid)) is not None}
-        self.total = sum(sizes.values())
+        self.master = process_pss(os.getpid()) or 0
+        self.total = sum(sizes.values()) + self.master
         return sizes
+
+    def allowances(self, views: dict[int, SlotView], staying: set[int]) -> dict[int, int]:
+        """Each staying worker's share of the budget, from the total just measured: the room is
+        the budget less that total, and no more than the container has left. A worker's own figure
+        is its last exact reading (a stale one is lower, so its share is tighter, never looser)."""
+        if self.total_budget is None:
+            return {}
+        room = self.total_budget - self.total
+        cgroup = self.container.cgroup
+        if self.container.limit is not None and cgroup is not None:
+            used = read_working_set(cgroup)
+            if used is not None:
+                room = min(room, self.container.limit - used)
+        values = {pid: v.exact or v.value for pid, v in views.items() if pid in staying}
+        return allowances(values, room)
+
+    def fresh_share(self, workers: int) -> int:
+        """The share a worker about to fork starts with, until the master measures it."""
+        return fair_share(self.total_budget or 0, self.master, workers)
 
     def over_budget(self, workers: dict[int, Any], staying: set[int]) -> tuple[int, int] | None:
         """(pid, size) of the largest staying worker when the total is over the budget, else None.

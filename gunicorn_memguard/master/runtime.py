@@ -108,6 +108,8 @@ class Runtime:
         slot = self.scoreboard.claim(time.time())
         if slot is None:
             log.warning("memguard: scoreboard full; this worker's exit will not be explained")
+        elif self.coordinator is not None and self.coordinator.room.total_budget is not None:
+            self.scoreboard.set_allowance(slot, self.coordinator.room.fresh_share(self.coordinator.wanted()))
         setattr(worker, SLOT_ATTR, slot)
 
 

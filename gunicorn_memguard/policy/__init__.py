@@ -1,6 +1,6 @@
 """The pure decision core: samples and time in, a verdict out. No I/O, no clock, no gunicorn."""
 
-from .limits import Ceiling, SoftLimit, draw_limit
+from .limits import Allowance, Ceiling, SoftLimit, draw_limit
 from .verdict import GRACEFUL, KEEP, REASONS, Action, Monitor, Reason, Sample, Verdict
 from .worker import Growth, WorkerPolicy, build_policy
 
@@ -9,6 +9,7 @@ __all__ = [
     "KEEP",
     "REASONS",
     "Action",
+    "Allowance",
     "Growth",
     "Ceiling",
     "Monitor",

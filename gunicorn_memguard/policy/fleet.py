@@ -45,3 +45,19 @@ def largest_over_budget(sizes: Mapping[int, int], budget: int) -> int | None:
     if not sizes or sum(sizes.values()) <= budget:
         return None
     return max(sizes, key=lambda pid: (sizes[pid], -pid))
+
+
+def allowances(values: Mapping[int, int], room: int) -> dict[int, int]:
+    """Each worker's share of a server-wide budget: what it holds now plus an equal part of the
+    room left (none when over), so together they cannot pass the budget before the next
+    measurement whatever their growth rates. The largest-over-budget rule still picks who goes
+    when the total is already over."""
+    if not values:
+        return {}
+    part = max(0, room) // len(values)
+    return {pid: value + part for pid, value in values.items()}
+
+
+def fair_share(budget: int, master: int, workers: int) -> int:
+    """A worker forked before the master measured it: an equal part of the budget less the master."""
+    return max(0, budget - master) // max(1, workers)

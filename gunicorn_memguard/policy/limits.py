@@ -59,6 +59,32 @@ class Ceiling(_Absolute):
             self.limit = ceiling
 
 
+class Allowance(_Absolute):
+    """This worker's share of the server-wide budget (``MEMGUARD_MAX_TOTAL_MEMORY``): what it held
+    when the master last measured the total, plus an equal share of the room left. The master sets
+    it each time it measures; past it the worker stops accepting at once, so the workers together
+    cannot pass the budget between two of the master's measurements, however fast they grow. 0
+    until the master has set one."""
+
+    def __init__(self, metric: str) -> None:
+        self.limit = 0
+        self.metric = metric
+
+    def observe(self, sample: Sample) -> Verdict | None:
+        if not self.limit or sample.value <= self.limit:
+            return None
+        return Verdict(
+            Action.RETIRE_NOW,
+            Reason.TOTAL_MEMORY,
+            f"{self.metric} {format_size(sample.value)} > its share of max_total_memory {format_size(self.limit)}",
+            sample.value,
+            self.limit,
+        )
+
+    def retarget(self, soft: int | None, ceiling: int | None) -> None:
+        pass  # set by the master, not derived from the worker's own limits
+
+
 class SoftLimit(_Absolute):
     """Over the soft limit on ``strikes`` consecutive samples, and old enough, a worker retires.
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .growth import GrowthMonitor
-from .limits import Ceiling, SoftLimit, draw_limit
+from .limits import Allowance, Ceiling, SoftLimit, draw_limit
 from .verdict import KEEP, Action, Monitor, Reason, Sample, Verdict
 
 
@@ -22,12 +22,14 @@ class WorkerPolicy:
         self.monitors = tuple(monitors)
         self.soft = soft
         self.ceiling = ceiling
+        self.allowance = next((m for m in self.monitors if isinstance(m, Allowance)), None)
         self.paused = False
 
     @property
     def floor(self) -> int | None:
         """The lowest absolute limit: a reading at or below it needs no closer look."""
-        limits = [x for x in (self.soft, self.ceiling) if x is not None]
+        share = self.allowance.limit if self.allowance is not None else 0
+        limits = [x for x in (self.soft, self.ceiling, share or None) if x is not None]
         return min(limits) if limits else None
 
     def judge(self, sample: Sample) -> Verdict:
@@ -49,6 +51,11 @@ class WorkerPolicy:
     def growth_rate(self) -> float | None:
         """The growth monitor's last measured floor rate (bytes/s), if it has one."""
         return next((m.rate for m in self.monitors if m.rate is not None), None)
+
+    def allow(self, share: int) -> None:
+        """The master's latest share of the server-wide budget for this worker (0: none yet)."""
+        if self.allowance is not None:
+            self.allowance.limit = share
 
     def retarget(self, soft: int | None, ceiling: int | None) -> None:
         """Apply re-evaluated limits (e.g. a percentage limit after the worker count changed)."""
@@ -85,6 +92,7 @@ def build_policy(
     born: float,
     rng: random.Random,
     growth: Growth | None = None,
+    budget: bool = False,
 ) -> tuple[WorkerPolicy, int | None]:
     """Build one worker's policy; returns it and the worker's effective (jittered) soft limit."""
     monitors: list[Monitor] = []
@@ -92,6 +100,8 @@ def build_policy(
     ceiling, reason = ceiling_of(soft, hard)
     if ceiling is not None:
         monitors.append(Ceiling(ceiling, metric, reason))
+    if budget:
+        monitors.append(Allowance(metric))
     if effective is not None:
         monitors.append(SoftLimit(effective, metric, born, min_lifetime))
     if growth is not None:

@@ -52,6 +52,7 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
     ("reclaimed", "q", "bytes given back by reclaims (gc.collect + malloc_trim) in this worker"),
     ("due", "d", "wall-clock seconds when it projects to reach its soft limit, 0 if not soon"),
     ("spawned", "d", "wall-clock seconds when the master forked it (slot claimed)"),
+    ("allowance", "q", "its share of the server-wide budget, in the enforced metric, 0 if none (master)"),
 )
 _SLOT = struct.Struct("<" + " ".join(code for _, code, _ in FIELDS))
 _SIZE = 192
@@ -84,6 +85,7 @@ class SlotView:
     reclaimed: int
     due: float
     spawned: float
+    allowance: int
 
 
 assert tuple(SlotView.__dataclass_fields__) == tuple(name for name, _, _ in FIELDS)
@@ -125,6 +127,10 @@ class Scoreboard:
         self._reason(index, reason)
         self.set_state(index, State.GRANTED)
 
+    def set_allowance(self, index: int, allowance: int) -> None:
+        """A worker's share of the server-wide budget (``policy.fleet.allowances``)."""
+        _Q.pack_into(self._map, self._base(index) + _OFFSETS["allowance"], allowance)
+
     def release(self, index: int) -> None:
         self.set_state(index, State.FREE)
 
@@ -144,8 +150,17 @@ class Scoreboard:
 
     # -- worker side --------------------------------------------------------------------
     def start(self, index: int, pid: int, born: float, limit: int) -> None:
-        spawned = _D.unpack_from(self._map, self._base(index) + _OFFSETS["spawned"])[0]
-        self._pack(index, pid=pid, state=State.RUNNING, born=born, updated=born, limit=limit, spawned=spawned)
+        base = self._base(index)
+        spawned = _D.unpack_from(self._map, base + _OFFSETS["spawned"])[0]
+        allowance = self.allowance(index)
+        self._pack(
+            index, pid=pid, state=State.RUNNING, born=born, updated=born, limit=limit, spawned=spawned,
+            allowance=allowance,
+        )  # fmt: skip
+
+    def allowance(self, index: int) -> int:
+        """Its share of the server-wide budget, as the master last set it (0: none)."""
+        return int(_Q.unpack_from(self._map, self._base(index) + _OFFSETS["allowance"])[0])
 
     def set_due(self, index: int, due: float) -> None:
         """When this worker projects to reach its soft limit (0: not soon): the master may start its

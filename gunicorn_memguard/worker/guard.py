@@ -69,7 +69,8 @@ class Guard:
         self.pid = os.getpid()
         self.born = time.monotonic()
         self.shared = shared
-        self.limits = WorkerLimits(settings, shared, self.born)
+        allowance = None if scoreboard is None or slot is None else (lambda: scoreboard.allowance(slot))
+        self.limits = WorkerLimits(settings, shared, self.born, allowance)
         self.policy = self.limits.policy
         self.reader = Reader(settings.metric)
         self.forecast = Forecast()
@@ -150,6 +151,7 @@ class Guard:
         now = time.monotonic()
         if from_timer:
             self._sync_shared_limits()
+        self.limits.sync_allowance()
         sample = self.reader.sample(now, self.policy, from_timer, want_exact=self.crash_loop.baseline is None)
         if sample is None:
             return KEEP, Step.KEEP  # far enough from the limits; the next exact read comes soon

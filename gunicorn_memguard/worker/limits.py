@@ -4,6 +4,7 @@ re-synced when the master re-resolves percentage limits (the worker count change
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from ..policy import Growth, build_policy
 from ..settings import Settings
@@ -12,8 +13,11 @@ from ..units import format_size
 
 
 class WorkerLimits:
-    def __init__(self, settings: Settings, shared: SharedLimits | None, born: float) -> None:
+    def __init__(
+        self, settings: Settings, shared: SharedLimits | None, born: float, allowance: Callable[[], int] | None = None
+    ) -> None:
         self.shared = shared
+        self._allowance = allowance if settings.max_total_memory is not None else None
         # The master resolved the limits (percentages need the worker count) before this fork;
         # byte limits from the settings stand in if it could not.
         self._seen = shared.limits() if shared is not None else (None, None)
@@ -27,13 +31,24 @@ class WorkerLimits:
         self.policy, self.soft = build_policy(
             metric=settings.metric, soft=soft, hard=hard, jitter=settings.jitter, min_lifetime=settings.min_lifetime,
             born=born, rng=random.Random(), growth=growth,  # gunicorn reseeds per worker: jitter differs
+            budget=self._allowance is not None,
         )  # fmt: skip
         self._jitter_factor = self.soft / soft if self.soft and soft else 1.0
 
     @property
     def breaker_limit(self) -> int | None:
-        """The limit a fresh worker's size is compared with for the crash-loop test."""
-        return self.soft or self.policy.ceiling
+        """The limit a fresh worker's size is compared with for the crash-loop test: the lowest that
+        retires it, its share of a server-wide budget included (a budget too small for fresh
+        workers would otherwise fork one after another)."""
+        share = self.policy.allowance.limit if self.policy.allowance is not None else 0
+        limits = [x for x in (self.soft or self.policy.ceiling, share or None) if x]
+        return min(limits) if limits else None
+
+    def sync_allowance(self) -> None:
+        """Before every check: the share of the server-wide budget the master last set (one read of
+        the shared scoreboard, only with ``MEMGUARD_MAX_TOTAL_MEMORY``)."""
+        if self._allowance is not None:
+            self.policy.allow(self._allowance())
 
     def sync(self) -> str | None:
         """Take limits the master re-resolved; returns a line saying what changed, or None."""

@@ -62,6 +62,15 @@ def baseline_uss(idle_leaky) -> int:
 
 
 @pytest.fixture(scope="session")
+def master_pss() -> int:
+    """PSS of an idle master under the hook module with one worker (what a server-wide budget
+    counts), measured once on this machine, this gunicorn."""
+    with Gunicorn(["-c", "python:gunicorn_memguard.conf", "apps.leaky:app"], workers=1) as server:
+        server.wait_ready()
+        return int(server.master.memory_full_info().pss)
+
+
+@pytest.fixture(scope="session")
 def baseline_rss() -> int:
     """RSS of an idle worker of the leaky app, measured once on this machine, this gunicorn."""
     with Gunicorn(["apps.leaky:app"], workers=1) as server:

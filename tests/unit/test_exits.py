@@ -41,6 +41,7 @@ def slot(state: State = State.RUNNING, retire_started: float = 0.0, reason: str 
         reclaimed=0,
         due=0.0,
         spawned=99.0,
+        allowance=0,
     )
 
 

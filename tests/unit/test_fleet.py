@@ -1,6 +1,14 @@
 """The master's retirement order, turns, room for a replacement and server-wide budget (``policy/fleet.py``)."""
 
-from gunicorn_memguard.policy.fleet import Candidate, free_turns, has_room, largest_over_budget, retirement_order
+from gunicorn_memguard.policy.fleet import (
+    Candidate,
+    allowances,
+    fair_share,
+    free_turns,
+    has_room,
+    largest_over_budget,
+    retirement_order,
+)
 
 MiB = 2**20
 
@@ -37,3 +45,29 @@ def test_largest_over_budget():
     assert largest_over_budget(sizes, 130 * MiB) is None  # at the budget is not over it
     assert largest_over_budget(sizes, 100 * MiB) == 11  # a tie goes to the older (lower) pid
     assert largest_over_budget({}, 0) is None
+
+
+MiB = 2**20
+
+
+def test_the_shares_of_a_budget_never_add_up_past_it():
+    values = {1: 90 * MiB, 2: 40 * MiB, 3: 20 * MiB}
+    total, budget = sum(values.values()) + 30 * MiB, 360 * MiB  # + the master
+    shares = allowances(values, budget - total)
+    assert shares == {1: 150 * MiB, 2: 100 * MiB, 3: 80 * MiB}  # each: its own + 60 MiB
+    assert sum(shares.values()) + 30 * MiB <= budget
+
+
+def test_over_the_budget_nobody_may_grow():
+    values = {1: 200 * MiB, 2: 100 * MiB}
+    assert allowances(values, -50 * MiB) == values
+
+
+def test_no_workers_no_shares():
+    assert allowances({}, 100 * MiB) == {}
+
+
+def test_a_fresh_worker_starts_with_an_equal_part_of_the_budget_less_the_master():
+    assert fair_share(360 * MiB, 30 * MiB, 3) == 110 * MiB
+    assert fair_share(20 * MiB, 30 * MiB, 3) == 0  # a budget below the master's own size: none
+    assert fair_share(100 * MiB, 0, 0) == 100 * MiB

@@ -137,3 +137,26 @@ def test_policy_retarget_and_pause():
     policy.paused = True
     assert not policy.judge(Sample(3, 60 * MiB)).retires
     assert policy.judge(Sample(4, 160 * MiB)).reason == "hard_limit", "the hard limit still applies"
+
+
+def test_a_share_of_the_server_wide_budget_retires_at_once_once_set():
+    policy, _ = build_policy(
+        metric="uss", soft=500 * MiB, hard=None, jitter=0.0, min_lifetime=0.0, born=0.0, rng=random.Random(1),
+        budget=True,
+    )  # fmt: skip
+    assert policy.judge(Sample(1.0, 300 * MiB)).action is Action.KEEP  # no share set yet: the limits only
+    policy.allow(200 * MiB)
+    assert policy.floor == 200 * MiB  # the cheap RSS path now looks closer at 200 MiB
+    verdict = policy.judge(Sample(2.0, 201 * MiB))
+    assert verdict.action is Action.RETIRE_NOW
+    assert verdict.reason == "total_memory"
+    assert "share of max_total_memory" in verdict.detail
+    assert policy.judge(Sample(3.0, 600 * MiB)).reason == "ceiling"  # the ceiling is still asked first
+
+
+def test_without_a_budget_a_share_changes_nothing():
+    policy, _ = build_policy(
+        metric="uss", soft=500 * MiB, hard=None, jitter=0.0, min_lifetime=0.0, born=0.0, rng=random.Random(1)
+    )
+    policy.allow(100 * MiB)
+    assert policy.judge(Sample(1.0, 300 * MiB)).action is Action.KEEP

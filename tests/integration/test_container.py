@@ -1,0 +1,72 @@
+"""In a real 400 MiB memory cgroup, 3 sync workers leaking 256 KiB a request at full rate: the
+kernel's OOM killer never has to act, and no request fails, with memguard's container settings
+alone. Observed from outside: the cgroup's own ``oom_kill`` count, the HTTP statuses, the log.
+(``python -m bench.container`` runs the same load under plain ``--max-requests`` for comparison.)
+"""
+
+import pytest
+
+from bench.container import LEAK_KIB, LIMIT, WORKERS
+from bench.harness import Container, Gunicorn, load
+
+from .conftest import KiB, MiB
+
+pytestmark = pytest.mark.skipif(bool(Container.unavailable()), reason=Container.unavailable() or "")
+
+HOOKS = ["-c", "python:gunicorn_memguard.conf"]
+REQUESTS = 6000
+CLIENTS = 6
+LEAKED = REQUESTS * LEAK_KIB * KiB  # 1.5 GiB over the run, ~4 times the container
+
+
+def run(env: dict[str, str], tmp_path) -> tuple[int, list, list[str], Container]:
+    with Container(LIMIT) as container:
+        server = Gunicorn([*HOOKS, "apps.leaky:app"], env, tmp_path / "g.log", workers=WORKERS, container=container)
+        with server:
+            server.wait_ready()
+            result = load(server, f"/leak?kib={LEAK_KIB}", requests=REQUESTS, concurrency=CLIENTS)
+            retired = server.log_lines("retiring worker")
+            kills = container.oom_kills()
+        print(f"{env}: {len(retired)} retirements, {kills} OOM kills, peak {container.peak() / MiB:.0f} MiB")
+    return kills, result.failed, retired, container
+
+
+def test_a_share_of_the_container_per_worker_keeps_the_oom_killer_away(tmp_path):
+    kills, failed, retired, _ = run({"MEMGUARD_MAX_MEMORY": "80%"}, tmp_path)
+    assert kills == 0, "the kernel OOM-killed a worker"
+    assert failed == []
+    # each retirement frees at most one worker's ceiling (at most 80 % of the container / 3)
+    ceiling = 0.8 * LIMIT / WORKERS
+    assert len(retired) >= (LEAKED - WORKERS * ceiling) // ceiling
+    assert all("reason=soft_limit" in line or "reason=ceiling" in line for line in retired)
+
+
+def test_a_server_wide_budget_acts_in_time_at_full_leak_rate(tmp_path):
+    # a per-worker limit that cannot protect the container (3 x 300 MiB in 400 MiB): only the
+    # server-wide budget stands between the leak and the kernel
+    env = {"MEMGUARD_MAX_TOTAL_MEMORY": "90%", "MEMGUARD_MAX_MEMORY": "300MiB"}
+    kills, failed, retired, _ = run(env, tmp_path)
+    assert kills == 0, "the kernel OOM-killed a worker"
+    assert failed == []
+    # each budget retirement frees at most the whole budget
+    budget = 0.9 * LIMIT
+    assert len([line for line in retired if "reason=total_memory" in line]) >= (LEAKED - budget) // budget
+
+
+@pytest.mark.parametrize(
+    ("env", "warned"),
+    [
+        ({"MEMGUARD_MAX_MEMORY": "300MiB"}, True),  # 3 x 300 MiB in 400 MiB
+        ({"MEMGUARD_MAX_MEMORY": "80%"}, False),
+        ({"MEMGUARD_MAX_MEMORY": "300MiB", "MEMGUARD_MAX_TOTAL_MEMORY": "90%"}, False),  # the budget holds it
+    ],
+)
+def test_limits_that_cannot_fit_the_container_are_said_at_start_up(env, warned, tmp_path):
+    with Container(LIMIT) as container:
+        server = Gunicorn([*HOOKS, "apps.leaky:app"], env, tmp_path / "g.log", workers=WORKERS, container=container)
+        with server:
+            server.wait_ready()
+            lines = server.log_lines("more than this container's 400.0 MiB")
+    assert bool(lines) == warned, lines
+    if warned:
+        assert "3 workers x their ceiling 300.0 MiB" in lines[0]

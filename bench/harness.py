@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -69,8 +70,11 @@ class Gunicorn:
         self.port = free_port()
         self.nworkers = workers
         self.log_path = log_path or Path(os.environ.get("TMPDIR", "/tmp")) / f"gunicorn-{self.port}.log"
+        self.cwd = cwd
+        self.env = dict(env or {})
+        self.unset = sorted(k for k in os.environ if k.startswith("MEMGUARD_") and k not in self.env)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("MEMGUARD_")}
-        full_env.update(env or {})
+        full_env.update(self.env)
         full_env["PYTHONPATH"] = str(cwd) + os.pathsep + full_env.get("PYTHONPATH", "")
         self.args = [
             sys.executable,
@@ -91,6 +95,17 @@ class Gunicorn:
             self.args = container.wrap(self.args)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, cwd=cwd, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def command(self) -> str:
+        """What this server runs, as a shell command to paste in ``cwd``: the MEMGUARD_* variables
+        it unsets and the ones it sets, then every argument. PYTHONPATH is left out: ``python -m``
+        puts the working directory first on ``sys.path`` already."""
+        executable = Path(self.args[0])
+        if executable.is_relative_to(self.cwd):
+            executable = executable.relative_to(self.cwd)
+        unset = ["env", *(arg for name in self.unset for arg in ("-u", name))] if self.unset else []
+        assignments = [f"{name}={value}" for name, value in self.env.items()]
+        return shlex.join([*unset, *assignments, str(executable), *self.args[1:]])
 
     # -- observing ----------------------------------------------------------------------
     @property

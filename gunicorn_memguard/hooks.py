@@ -1,10 +1,12 @@
 """memguard's gunicorn server hooks, and how they are composed with the user's own.
 
-gunicorn calls each hook by name from the config; a user's config that defines, say,
-``post_worker_init`` after ``from gunicorn_memguard.conf import *`` would silently replace
-memguard's and lose the guard. So every master-side entry point goes through `install`, which
-builds the master's runtime once and re-composes every time: the user's hook runs first,
-memguard's after it (in ``finally``, so it runs even if the user's raises).
+gunicorn calls each hook by name from the config, so a config file holds one function per name:
+either the user's or memguard's would be lost. A user's ``post_worker_init`` defined after
+``from gunicorn_memguard.conf import *`` replaces memguard's: every master-side entry point goes
+through `install`, which builds the master's runtime once and re-composes every time. One defined
+before the import would be replaced by memguard's: the import binds `star_imported` instead (see
+``conf.py``). Either way the user's hook runs first, memguard's after it (in ``finally``, so it
+runs even if the user's raises).
 """
 
 from __future__ import annotations
@@ -150,10 +152,12 @@ class Composed:
     """Call the user's hook, then memguard's; presents memguard's signature, because gunicorn
     checks a hook's arity and rejects ``*args``."""
 
-    def __init__(self, theirs: Callable[..., Any], ours: Callable[..., None]) -> None:
+    def __init__(self, theirs: Callable[..., Any], ours: Callable[..., None], *, announce: bool = False) -> None:
         self.theirs = theirs
         self.ours = ours
         self.__signature__ = inspect.signature(ours)
+        # composed before gunicorn had a logger (star_imported): `compose_into` says so once
+        self.unannounced = announce
         setattr(self, MARK, True)
 
     def __call__(self, *args: Any) -> None:
@@ -169,6 +173,9 @@ def compose_into(cfg: Any) -> list[str]:
     for name, ours in HOOKS.items():
         current = cfg.settings[name].get()
         if getattr(current, MARK, False):
+            if getattr(current, "unannounced", False):
+                current.unannounced = False
+                composed.append(name)
             continue
         cfg.set(name, Composed(current, ours))
         if current is not cfg.settings[name].default:
@@ -178,6 +185,22 @@ def compose_into(cfg: Any) -> list[str]:
 
 def chain(theirs: Callable[..., Any]) -> Composed:
     """Decorator for a user's config file: ``@chain def post_worker_init(worker): ...`` runs
-    yours, then memguard's hook of the same name. Optional — memguard composes on its own at
-    start-up — but it keeps the composition visible in the file."""
+    yours, then memguard's hook of the same name. Optional — memguard composes on its own, at
+    start-up or at the ``import *`` — but it keeps the composition visible in the file."""
     return Composed(theirs, HOOKS[theirs.__name__])
+
+
+def star_imported(name: str, theirs: object) -> object:
+    """What ``from gunicorn_memguard.conf import *`` binds ``name`` to in a namespace that holds
+    ``theirs`` under that name (None: nothing): memguard's hook, composed after the user's if the
+    user's hook is there already — the import would otherwise replace it."""
+    ours = HOOKS[name]
+    if isinstance(theirs, str):  # gunicorn also takes "package.module.function"; resolve it as it would
+        from gunicorn.config import validate_callable
+
+        theirs = validate_callable(-1)(theirs)
+    if not callable(theirs):
+        return ours
+    if getattr(theirs, MARK, False):  # memguard's own or a composition (@chain, an earlier import)
+        return theirs
+    return Composed(theirs, ours, announce=True)

@@ -1,14 +1,15 @@
 """The demo: gunicorn under memguard serving a leaking app, under load, on 127.0.0.1.
 
 Starts gunicorn with conf_examples/memguard.conf.py (limits lowered through MEMGUARD_* env vars
-so the demo takes seconds, not hours), drives ~20 s of paced load, samples every worker's memory
-from outside, and prints what happened: which workers were retired, why, and their peak memory
-against the limit.
+so the demo takes seconds, not hours) and prints the exact command it runs, drives ~20 s of paced
+load, samples every worker's memory from outside, and prints what happened: which workers were
+retired, why, and their peak memory against the limit.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -26,10 +27,12 @@ RATE = 250  # requests per second: about 18 MiB/s of leak across the two workers
 
 def main() -> int:
     env = {"MEMGUARD_MAX_MEMORY": LIMIT, "MEMGUARD_MIN_LIFETIME": "2s", "MEMGUARD_HARD_MAX_MEMORY": "160MiB"}
-    args = ["-c", "conf_examples/memguard.conf.py", "-w", "2", "conf_examples.leaky_app:app"]
-    print(f"$ MEMGUARD_MAX_MEMORY={LIMIT} gunicorn {' '.join(args)}")
+    args = ["-c", "conf_examples/memguard.conf.py", "conf_examples.leaky_app:app"]
     log_path = ROOT / "demo-gunicorn.log"
     with Gunicorn(args, env, log_path, workers=2, cwd=ROOT) as server:
+        # what runs, every setting included (the harness adds the bind, workers, log level, graceful
+        # timeout), to paste from the project's folder
+        print(f"$ cd {shlex.quote(str(ROOT))}\n$ {server.command()}")
         server.wait_ready()
         start_pids = server.worker_pids()
         print(

@@ -7,11 +7,16 @@ own table read back.
 from __future__ import annotations
 
 import importlib.util
+import re
+import shlex
+import signal
+import subprocess
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from bench import run
+from bench.harness import Gunicorn, poll
 
 from .conftest import KiB, MiB
 
@@ -73,3 +78,31 @@ def test_runner_measures_memguard_on_a_leaking_app(tmp_path, capsys):
 def test_runner_names_what_it_does_not_know(tmp_path):
     with pytest.raises(SystemExit, match="--contenders: unknown unicorn; choose from none, max-requests"):
         run.main(["--contenders", "unicorn", "--out", str(tmp_path)])
+
+
+def test_the_harness_prints_the_command_it_runs(tmp_path, monkeypatch):
+    """The demo prints ``Gunicorn.command()`` for users to paste: pasted in a shell, it starts the
+    same server, memguard's start-up lines and all."""
+    monkeypatch.setenv("MEMGUARD_DRY_RUN", "yes")  # this process's own: the harness leaves it out
+    env = {"MEMGUARD_MAX_MEMORY": "1GiB", "MEMGUARD_MIN_LIFETIME": "2s"}
+    args = ["-c", "python:gunicorn_memguard.conf", "apps.leaky:app"]
+    with Gunicorn(args, env, tmp_path / "harness.log", workers=1) as server:
+        server.wait_ready()
+        command = server.command()
+        words = shlex.split(command)
+        assert words[:5] == ["env", "-u", "MEMGUARD_DRY_RUN", "MEMGUARD_MAX_MEMORY=1GiB", "MEMGUARD_MIN_LIFETIME=2s"]
+        assert words[5:] == server.args
+    started = server.log()
+
+    def startup(log: str) -> list[str]:
+        return re.findall(r"\[INFO\] (memguard: (?:guarding workers|leak-aware policy).*)", log)
+
+    assert startup(started)
+    with open(tmp_path / "pasted.log", "wb") as out:
+        pasted = subprocess.Popen(["sh", "-c", f"exec {command}"], cwd=server.cwd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        poll(lambda: "Booting worker" in (tmp_path / "pasted.log").read_text(), 30, what="the pasted command")
+    finally:
+        pasted.send_signal(signal.SIGTERM)
+        pasted.wait(30)
+    assert startup((tmp_path / "pasted.log").read_text()) == startup(started)

@@ -214,6 +214,48 @@ def test_user_hooks_in_a_config_file_are_composed_not_clobbered(baseline_uss, tm
         assert server.log_lines(f"worker pid={pid} exited gracefully after retirement")
 
 
+def test_user_hooks_above_the_import_at_the_bottom_survive_it_and_a_reload(baseline_uss, tmp_path):
+    """The star import at the bottom would rebind the user's hooks to memguard's; it composes them."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    conf = tmp_path / "myconf.py"
+    conf.write_text(
+        textwrap.dedent(f"""
+        import os
+
+        memguard_max_memory = "{baseline_uss + 40 * MiB}B"
+        memguard_min_lifetime = "0s"
+
+        def post_worker_init(worker):
+            open(os.path.join({str(markers)!r}, f"post_worker_init-{{worker.pid}}"), "w").close()
+
+        def worker_exit(server, worker):
+            open(os.path.join({str(markers)!r}, f"worker_exit-{{worker.pid}}"), "w").close()
+
+        from gunicorn_memguard.conf import *
+    """)
+    )
+    with Gunicorn(["-c", str(conf), "apps.leaky:app"], {}, tmp_path / "g.log", workers=1) as server:
+        server.wait_ready()
+        (pid,) = server.worker_pids()
+        assert (markers / f"post_worker_init-{pid}").exists()
+        assert server.log_lines("memguard: guarding workers: metric=uss")
+        assert len(server.log_lines("composed your post_worker_init hook")) == 1
+        assert len(server.log_lines("composed your worker_exit hook")) == 1
+        for _ in range(4):
+            server.get("/leak?kib=20480")
+        poll(lambda: server.log_lines(f"worker pid={pid} exited gracefully after retirement"), 10, what="retirement")
+        assert server.log_lines(f"retiring worker pid={pid}")
+        assert (markers / f"worker_exit-{pid}").exists()
+        # HUP: gunicorn runs the config file again, memguard's module stays imported
+        server.wait_ready()
+        before = server.worker_pids()
+        server.proc.send_signal(signal.SIGHUP)
+        poll(lambda: len(server.log_lines("composed your post_worker_init hook")) == 2, 15, what="the reload")
+        (reloaded,) = poll(lambda: (pids := server.worker_pids() - before) and pids, 15, what="a reloaded worker")
+        poll(lambda: (markers / f"post_worker_init-{reloaded}").exists(), 10, what="the user's hook after HUP")
+
+
 def test_syncworker_with_threads_is_still_guarded_and_says_why(baseline_uss, tmp_path):
     args = [*HOOKS, "-k", "gunicorn_memguard.workers.SyncWorker", "--threads", "2", "apps.leaky:app"]
     with Gunicorn(args, guard_env(baseline_uss + 40 * MiB), tmp_path / "g.log", workers=1) as server:

@@ -10,7 +10,8 @@
 # and loop (spawn-first raises num_workers from manage_workers; TTIN/TTOU, HUP and a worker killed
 # mid-turn), reaping and the exit reports built from it, gthread's drain (memguard drains it itself
 # before 24, which reset accepted connections on SIGTERM), and the gevent and uvicorn workers'
-# graceful stop. The marked tests exercise each of those once, which keeps the whole script within
+# graceful stop, the worker's exit path (fast exit after worker_exit) and the server-wide budget's
+# shares. The marked tests exercise each of those once, which keeps the whole script within
 # about 20 minutes on 2 cores. pytest exits 5 when a selection is empty: that counts as a failure,
 # so a marker lost in a rename cannot turn a version green.
 set -uo pipefail

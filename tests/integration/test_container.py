@@ -9,7 +9,7 @@ import pytest
 from bench.container import LEAK_KIB, LIMIT, WORKERS
 from bench.harness import Container, Gunicorn, load
 
-from .conftest import KiB, MiB
+from .conftest import INTERNALS, KiB, MiB
 
 pytestmark = pytest.mark.skipif(bool(Container.unavailable()), reason=Container.unavailable() or "")
 
@@ -41,6 +41,7 @@ def test_a_share_of_the_container_per_worker_keeps_the_oom_killer_away(tmp_path)
     assert all("reason=soft_limit" in line or "reason=ceiling" in line for line in retired)
 
 
+@INTERNALS  # the master's side: shares written from the arbiter's loop, slots claimed in pre_fork
 def test_a_server_wide_budget_acts_in_time_at_full_leak_rate(tmp_path):
     # a per-worker limit that cannot protect the container (3 x 300 MiB in 400 MiB): only the
     # server-wide budget stands between the leak and the kernel

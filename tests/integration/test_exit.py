@@ -16,7 +16,7 @@ import pytest
 
 from bench.harness import Gunicorn, poll
 
-from .conftest import MiB
+from .conftest import INTERNALS, MiB
 
 HOOKS = ["-c", "python:gunicorn_memguard.conf"]
 CLASSES = {
@@ -62,6 +62,7 @@ def marks_of(marks: Path, pid: int) -> list[str]:
     return [line.split()[0] for line in lines if line.endswith(f" {pid}")]
 
 
+@INTERNALS  # gunicorn's exit path (spawn_worker's finally, where worker_exit runs) on every major
 @pytest.mark.parametrize("mode", list(CLASSES))
 def test_a_worker_leaves_without_growing_and_runs_atexit(mode, tmp_path):
     server, marks = start(CLASSES[mode], tmp_path)

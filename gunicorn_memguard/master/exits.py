@@ -19,23 +19,40 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 
+# How long an OOM kill the counter showed may explain a SIGKILLed worker reported after it: the
+# kernel counts a kill when it picks its victim, before the master can reap it.
+OOM_CREDIT_SECONDS = 10.0
+
+
 class OomWatch:
-    """Did the kernel OOM killer act in our cgroup since we last looked? (``oom_kill`` counter)"""
+    """Was this SIGKILL the kernel OOM killer's? From the cgroup's ``oom_kill`` counter.
+
+    The counter says how many, not whom: two workers OOM-killed together raise it by two before
+    the master reaps either. So each kill it counts is a credit that explains one SIGKILLed worker
+    reported within ``OOM_CREDIT_SECONDS``; one more than the counter shows is of unknown cause."""
 
     def __init__(self, cgroup: MemoryCgroup | None) -> None:
         self.cgroup = cgroup
         self.count = read_oom_kill_count(cgroup) if cgroup is not None else None
+        self._credits: list[float] = []  # when each kill not yet matched to a worker was counted
 
-    def rose(self) -> bool | None:
-        """True if the count rose since the last look, False if not, None if there is no count."""
+    def rose(self, now: float | None = None) -> bool | None:
+        """True if an OOM kill not yet matched to a worker explains this one, False if not, None
+        if there is no count."""
         if self.cgroup is None:
             return None
         count = read_oom_kill_count(self.cgroup)
         if count is None:
             return None
-        rose = self.count is not None and count > self.count
+        now = time.monotonic() if now is None else now
+        if self.count is not None and count > self.count:
+            self._credits += [now] * (count - self.count)
         self.count = count
-        return rose
+        self._credits = [t for t in self._credits if now - t <= OOM_CREDIT_SECONDS]
+        if not self._credits:
+            return False
+        self._credits.pop(0)
+        return True
 
 
 def peek_deaths(pids: list[int], deaths: dict[int, Death]) -> None:

@@ -108,7 +108,7 @@ def _after_retirement(
             ),
             "overran",
         )
-    if slot.state is State.EXITED:
+    if slot.state is State.EXITED and (death is None or death.signal is None):
         return ExitReport(
             "info",
             (
@@ -129,16 +129,18 @@ def _after_retirement(
     outcome, how = _killed_by(death, oom_killed)
     if outcome == "died":
         how = "ended without a clean exit; its drain overran graceful_timeout or it was killed"
+    # EXITED: its drain was over and gunicorn's exit path had run (a kill while the process ended)
+    when = f"while exiting, {drained:.1f}s after" if slot.state is State.EXITED else f"{drained:.1f}s into"
     return ExitReport(
         "warning",
-        (f"memguard: worker pid={pid} {how} {drained:.1f}s into its retirement (reason={slot.reason}); {last}"),
+        f"memguard: worker pid={pid} {how} {when} its retirement (reason={slot.reason}); {last}",
         "killed_while_retiring",
     )
 
 
 def _unretired(pid: int, slot: SlotView, death: Death | None, oom_killed: bool | None, last: str) -> ExitReport:
     """A worker that ended with no retirement in progress: a stop, or a fault to explain."""
-    if slot.state is State.EXITED:
+    if slot.state is State.EXITED and (death is None or death.signal is None):
         return ExitReport("debug", f"memguard: worker pid={pid} exited; {last}", "exited")
     if death is not None and death.signal in STOP_SIGNALS:
         # how gunicorn's master stops a worker (shutdown, HUP, TTOU, USR2) or an operator does:

@@ -7,7 +7,7 @@ alone. Observed from outside: the cgroup's own ``oom_kill`` count, the HTTP stat
 import pytest
 
 from bench.container import LEAK_KIB, LIMIT, WORKERS
-from bench.harness import Container, Gunicorn, load
+from bench.harness import Container, Gunicorn, load, poll
 
 from .conftest import INTERNALS, KiB, MiB
 
@@ -71,3 +71,26 @@ def test_limits_that_cannot_fit_the_container_are_said_at_start_up(env, warned, 
     assert bool(lines) == warned, lines
     if warned:
         assert "3 workers x their ceiling 300.0 MiB" in lines[0]
+
+
+def test_every_oom_kill_is_attributed_even_several_at_once(tmp_path):
+    """A dry run (memguard reports, retires nothing) lets the leak reach the kernel: each worker it
+    kills is reported as the OOM killer's and no SIGKILL is left with an unknown cause; the
+    kernel's own count is the reference. (Here the master mostly reaps each kill before the next;
+    two counted before either is reaped are tests/unit/test_exits.py's.)"""
+    env = {"MEMGUARD_MAX_MEMORY": "80%", "MEMGUARD_DRY_RUN": "yes"}
+    with Container(LIMIT) as container:
+        server = Gunicorn([*HOOKS, "apps.leaky:app"], env, tmp_path / "g.log", workers=WORKERS, container=container)
+        with server:
+            server.wait_ready()
+            load(server, f"/leak?kib={LEAK_KIB}", requests=REQUESTS, concurrency=CLIENTS)
+            kills = container.oom_kills()
+            attributed = poll(
+                lambda: len(server.log_lines("killed by the kernel OOM killer")) >= kills and kills,
+                timeout=10,
+                what=f"{kills} OOM kills reported",
+            )
+            assert attributed
+            assert len(server.log_lines("killed by the kernel OOM killer")) == kills
+            assert not server.log_lines("cause unknown")
+        print(f"{kills} OOM kills, all attributed")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gunicorn_memguard.master.exits import OomWatch, peek_deaths
+from gunicorn_memguard.master.exits import OOM_CREDIT_SECONDS, OomWatch, peek_deaths
 from gunicorn_memguard.probes.cgroup import find_memory_cgroup
 from gunicorn_memguard.report.lines import Death, exit_report
 from gunicorn_memguard.shared.scoreboard import SlotView, State
@@ -148,3 +148,33 @@ def test_deaths_are_peeked_and_left_for_gunicorn_to_reap() -> None:
     finally:
         os.kill(running, signal.SIGKILL)
         os.waitpid(running, 0)
+
+
+@pytest.mark.parametrize("version", TREES)
+def test_workers_oom_killed_together_are_each_attributed(version: str, tmp_path: Path) -> None:
+    """The counter says how many, not whom: two kills counted at once explain two SIGKILLs; a
+    third SIGKILL has an unknown cause, and so has one long after the kills were counted."""
+    files, counter, template = TREES[version]
+    root = make_tree(tmp_path, {**files, counter: template.format(n=0)})
+    watch = OomWatch(find_memory_cgroup(root))
+    make_tree(tmp_path, {counter: template.format(n=2)})
+    assert [watch.rose(100.0), watch.rose(100.1), watch.rose(100.2)] == [True, True, False]
+    make_tree(tmp_path, {counter: template.format(n=3)})
+    assert watch.rose(200.0) is True
+    make_tree(tmp_path, {counter: template.format(n=4)})
+    assert watch.rose(300.0) is True  # counted now, explains this one
+    make_tree(tmp_path, {counter: template.format(n=5)})
+    watch.rose(400.0)  # counted, and used by this report
+    make_tree(tmp_path, {counter: template.format(n=6)})
+    assert watch.rose(400.0 + 0.5) is True
+    assert watch.rose(400.0 + OOM_CREDIT_SECONDS + 60) is False
+
+
+def test_a_retiree_killed_while_exiting_is_not_graceful() -> None:
+    """Its slot says EXITED (worker_exit ran), the kernel says SIGKILL: killed on its way out."""
+    report = exit_report(42, slot(State.EXITED, 118.0, "total_memory"), 120.0, KILLED, True)
+    assert (report.level, report.outcome) == ("warning", "killed_while_retiring")
+    assert "was killed by the kernel OOM killer (its cgroup's oom_kill count rose) while exiting" in report.message
+    assert "2.0s after its retirement (reason=total_memory)" in report.message
+    unretired = exit_report(42, slot(State.EXITED), 120.0, KILLED, False)
+    assert unretired.outcome == "sigkill" and "no retirement in progress" in unretired.message

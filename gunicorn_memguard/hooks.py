@@ -74,6 +74,7 @@ def when_ready(server: Any) -> None:
     master = install(server.cfg, server.log, server)
     if master.settings.enabled:
         arbiter.watch_deaths(server, master.deaths)
+        arbiter.watch_kills(server, master.sent)
         master.serve_metrics(server.log)
         master.coordinate(server)
 

@@ -41,6 +41,26 @@ def watch_deaths(arbiter: Any, deaths: dict[int, Death]) -> None:
     arbiter.reap_workers = reap_workers
 
 
+def watch_kills(arbiter: Any, sent: dict[int, set[int]]) -> None:
+    """Wrap ``kill_worker`` so that memguard knows which signals the master itself sent each worker:
+    a worker SIGKILLed by gunicorn (still running graceful_timeout after a stop, or after
+    --timeout's SIGABRT) is then reported as that, not as a SIGKILL of unknown cause.
+
+    Safe: it records the pid and signal, then calls gunicorn's own method with the same arguments;
+    the record is dropped when the worker's exit is reported."""
+    original: Callable[[int, int], None] = arbiter.kill_worker
+    if getattr(original, MARK, False):
+        return
+
+    def kill_worker(pid: int, sig: int) -> None:
+        if pid in arbiter.WORKERS:
+            sent.setdefault(pid, set()).add(sig)
+        original(pid, sig)
+
+    setattr(kill_worker, MARK, True)
+    arbiter.kill_worker = kill_worker
+
+
 def attach_coordinator(arbiter: Any, coordinator: Coordinator) -> None:
     """Run `Coordinator.tick` at the start of every ``manage_workers``, and pause it across reloads.
 

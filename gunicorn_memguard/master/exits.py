@@ -68,12 +68,15 @@ def peek_deaths(pids: list[int], deaths: dict[int, Death]) -> None:
 def report_exit(runtime: Runtime, worker: Any, log: Any, cfg: Any) -> None:
     slot = getattr(worker, SLOT_ATTR, None)
     death = runtime.deaths.pop(worker.pid, None)
+    sent = runtime.sent.pop(worker.pid, set())
+    if death is not None and death.signal in sent:
+        death = death._replace(sent=death.signal)
     if runtime.scoreboard is None or slot is None:
         return
     now = time.time()
     view = runtime.scoreboard.read(slot)
     oom = runtime.oom
-    oom_killed = oom.rose() if oom is not None and death and death.signal == signal.SIGKILL else None
+    oom_killed = oom.rose() if oom is not None and death and death.signal == signal.SIGKILL != death.sent else None
     report = exit_report(worker.pid, view, now, death, oom_killed)
     getattr(log, report.level)(report.message)
     if view.pid == worker.pid and view.retire_started:

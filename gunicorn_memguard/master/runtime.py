@@ -49,6 +49,7 @@ class Runtime:
         self.events = events
         self.tally = Tally()
         self.deaths: dict[int, Death] = {}  # pid -> how it ended, peeked before gunicorn reaps it
+        self.sent: dict[int, set[int]] = {}  # pid -> the signals gunicorn's master sent it
         self.metrics: Any = None  # prometheus.MetricsEndpoint, once serving
         # percentage limits (limits.py)
         self.container: ContainerMemory | None = None

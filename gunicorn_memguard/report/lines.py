@@ -37,6 +37,7 @@ class Death(NamedTuple):
 
     signal: int | None  # the signal that ended it; None if it exited
     code: int | None  # its exit status, if it exited
+    sent: int | None = None  # ``signal`` again if gunicorn's master sent it that signal
 
 
 class ExitReport(NamedTuple):
@@ -74,12 +75,24 @@ def _killed_by(death: Death | None, oom_killed: bool | None) -> tuple[str, str]:
     """(outcome, phrase) for a worker that ended without a clean exit."""
     if death is None or death.signal is None:
         return "died", "died without exiting cleanly"
+    if death.sent == death.signal:
+        return _from_master(death.signal)
     if death.signal == signal.SIGKILL:
         if oom_killed:
             return "oom_killed", "was killed by the kernel OOM killer (its cgroup's oom_kill count rose)"
         why = "its cgroup's oom_kill count did not rise" if oom_killed is False else "no cgroup oom_kill count to check"
         return "sigkill", f"was killed by SIGKILL (cause unknown: {why})"
     return "signal", f"was killed by {signal_name(death.signal)}"
+
+
+def _from_master(sig: int) -> tuple[str, str]:
+    """gunicorn's master sent the signal that ended it: say so, and why the master does that."""
+    why = {
+        signal.SIGKILL: "it was still running graceful_timeout after a stop, or after --timeout's SIGABRT",
+        signal.SIGABRT: "no heartbeat within --timeout",
+    }.get(signal.Signals(sig), "")
+    outcome = "sigkill" if sig == signal.SIGKILL else "signal"
+    return outcome, f"was killed by {signal_name(sig)} from gunicorn's master" + (f" ({why})" if why else "")
 
 
 def exit_report(
@@ -166,6 +179,5 @@ def _unretired(pid: int, slot: SlotView, death: Death | None, oom_killed: bool |
         if outcome == "oom_killed"
         else ""
     )
-    return ExitReport(
-        "error", (f"memguard: worker pid={pid} {how} with no retirement in progress; {last}{advice}"), outcome
-    )
+    level = "warning" if death is not None and death.sent else "error"  # gunicorn's own doing, said by it too
+    return ExitReport(level, f"memguard: worker pid={pid} {how} with no retirement in progress; {last}{advice}", outcome)

@@ -22,7 +22,7 @@ import pytest
 
 from bench.harness import Gunicorn, free_port, poll, scrape
 
-from .conftest import MiB
+from .conftest import INTERNALS, MiB
 
 HOOKS = ["-c", "python:gunicorn_memguard.conf"]
 
@@ -254,7 +254,7 @@ STOCK_UVICORN = [*HOOKS, "-k", "uvicorn_worker.UvicornWorker"]
 )
 def test_stopping_gunicorn_with_uvicorn_workers_logs_no_error(args, how, tmp_path):
     # (A stock uvicorn worker ignores the SIGQUIT that SIGINT to the master sends it, and is
-    # SIGKILLed after graceful_timeout: not covered here.)
+    # SIGKILLed after graceful_timeout: the next test.)
     pytest.importorskip("uvicorn_worker")
     server = Gunicorn([*args, "apps.asgi:app"], {"MEMGUARD_MAX_MEMORY": "1TiB"}, tmp_path / "g.log")
     try:
@@ -272,6 +272,25 @@ def test_stopping_gunicorn_with_uvicorn_workers_logs_no_error(args, how, tmp_pat
         assert f"Worker exiting (pid: {pid})" in log or f"pid={pid} was stopped by" in log, log
     if args is UVICORN_CLASS:  # memguard's class exits 0, like gunicorn's own workers
         assert "was sent SIGTERM" not in log, log
+
+
+@INTERNALS
+def test_a_worker_gunicorn_sigkills_at_a_quick_stop_is_reported_as_gunicorns(tmp_path):
+    """A stock uvicorn worker ignores gunicorn's quick stop (SIGINT to the master sends it SIGQUIT),
+    so gunicorn SIGKILLs it after graceful_timeout: memguard says the master did, not "cause
+    unknown". (memguard's own UvicornWorker stops at once.)"""
+    pytest.importorskip("uvicorn_worker")
+    args = [*STOCK_UVICORN, "--graceful-timeout", "2"]
+    server = Gunicorn([*args, "apps.asgi:app"], {"MEMGUARD_MAX_MEMORY": "1GiB"}, tmp_path / "g.log", workers=1)
+    with server:
+        server.wait_ready()
+        (pid,) = server.worker_pids()
+        poll(lambda: server.log_lines(f"Started server process [{pid}]"), 10, what="uvicorn's signal handlers")
+        server.proc.send_signal(signal.SIGINT)
+        server.proc.wait(30)
+    assert server.log_lines(f"Worker (pid:{pid}) was sent SIGKILL"), "gunicorn did not have to kill it"
+    assert server.log_lines(f"worker pid={pid} was killed by SIGKILL from gunicorn's master")
+    assert not server.log_lines("cause unknown")
 
 
 def test_a_retiring_uvicorn_worker_closes_keep_alive_connections_after_their_response(tmp_path):

@@ -178,3 +178,17 @@ def test_a_retiree_killed_while_exiting_is_not_graceful() -> None:
     assert "2.0s after its retirement (reason=total_memory)" in report.message
     unretired = exit_report(42, slot(State.EXITED), 120.0, KILLED, False)
     assert unretired.outcome == "sigkill" and "no retirement in progress" in unretired.message
+
+
+def test_a_signal_from_gunicorns_master_is_said_to_be_its():
+    """gunicorn SIGKILLs a worker still running graceful_timeout after a stop (a stock uvicorn
+    worker ignores its quick stop), and SIGABRTs one without a heartbeat within --timeout."""
+    killed = exit_report(42, slot(), 120.0, Death(signal.SIGKILL, None, sent=signal.SIGKILL), None)
+    assert (killed.level, killed.outcome) == ("warning", "sigkill")
+    assert "was killed by SIGKILL from gunicorn's master (it was still running graceful_timeout" in killed.message
+    aborted = exit_report(42, slot(), 120.0, Death(signal.SIGABRT, None, sent=signal.SIGABRT), None)
+    assert "was killed by SIGABRT from gunicorn's master (no heartbeat within --timeout)" in aborted.message
+    retiring = exit_report(
+        42, slot(State.RETIRING, 110.0, "soft_limit"), 120.0, Death(signal.SIGKILL, None, signal.SIGKILL)
+    )
+    assert "from gunicorn's master" in retiring.message and retiring.outcome == "killed_while_retiring"

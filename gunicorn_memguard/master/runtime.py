@@ -14,10 +14,11 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from ..policy.breaker import BASELINE_RATIO, RetirementRate
 from ..probes.cgroup import ContainerMemory, find_memory_cgroup
+from ..probes.memory import process_pss
 from ..report.eventlog import EventLog
 from ..report.lines import Death
 from ..report.tally import Tally
@@ -93,12 +94,23 @@ class Runtime:
         if self.scoreboard is None or self.coordinator is not None:
             return
         coordinator = Coordinator(server, self.settings, self.scoreboard, server.log, shared=self.shared)
+        budget = coordinator.room.total_budget
+        if budget is not None:
+            master = process_pss(os.getpid()) or 0  # after preload_app, before the first fork
+            if budget <= master:
+                _refuse(
+                    server,
+                    f"MEMGUARD_MAX_TOTAL_MEMORY={format_size_or_share(self.settings.max_total_memory)}"
+                    f"{'' if isinstance(self.settings.max_total_memory, int) else f' ({format_size(budget)})'} is "
+                    f"not above the master's own {format_size(master)} (PSS), which the budget counts: no worker "
+                    "could fit; set a size, or a % of the container, above it",
+                )
         arbiter.attach_coordinator(server, coordinator)
         self.coordinator = coordinator
-        if coordinator.room.total_budget is not None:
+        if budget is not None:
             server.log.info(
-                "memguard: server-wide budget %s (sum of worker PSS; %s)",
-                format_size(coordinator.room.total_budget),
+                "memguard: server-wide budget %s (PSS of the workers and the master; %s)",
+                format_size(budget),
                 coordinator.room.container.describe(),
             )
 
@@ -136,17 +148,23 @@ def install(cfg: Any, log: Any, server: Any = None) -> Runtime:
             settings = load_from(cfg)
             events = _open_outputs(settings) if settings.enabled else None
         except SettingsError as exc:
-            for problem in exc.problems:
-                log.error("memguard: bad setting: %s", problem)
-            log.error("memguard: refusing to start; run 'memguard check' to see every setting")
-            pidfile = getattr(server, "pidfile", None)
-            if pidfile is not None:
-                pidfile.unlink()
-            sys.exit(1)
+            _refuse(server, *exc.problems, log=log)
         _runtime = Runtime(settings, events)
         if settings.enabled:
             _announce(settings, cfg, log)
     return _runtime
+
+
+def _refuse(server: Any, *problems: str, log: Any = None) -> NoReturn:
+    """Bad settings: every problem logged, and gunicorn's master exits 1 before any fork."""
+    log = log or server.log
+    for problem in problems:
+        log.error("memguard: bad setting: %s", problem)
+    log.error("memguard: refusing to start; run 'memguard check' to see every setting")
+    pidfile = getattr(server, "pidfile", None)
+    if pidfile is not None:
+        pidfile.unlink()
+    sys.exit(1)
 
 
 def _open_outputs(settings: Settings) -> EventLog | None:
@@ -197,7 +215,10 @@ def _announce(settings: Settings, cfg: Any, log: Any) -> None:
         format_count_rate(settings.max_retirements),
     )
     if settings.max_memory is None and settings.hard_max_memory is None:
-        log.warning("memguard: no MEMGUARD_MAX_MEMORY or MEMGUARD_HARD_MAX_MEMORY set: no worker will be retired")
+        if settings.max_total_memory is None:
+            log.warning("memguard: no MEMGUARD_MAX_MEMORY or MEMGUARD_HARD_MAX_MEMORY set: no worker will be retired")
+        else:
+            log.info("memguard: no per-worker limit: workers are retired for the server-wide budget only")
     uri = cfg.settings["worker_class"].get()
     if isinstance(uri, str) and uri.endswith("SyncWorker") and cfg.threads > 1:
         log.warning(

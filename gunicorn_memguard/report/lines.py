@@ -180,4 +180,5 @@ def _unretired(pid: int, slot: SlotView, death: Death | None, oom_killed: bool |
         else ""
     )
     level = "warning" if death is not None and death.sent else "error"  # gunicorn's own doing, said by it too
-    return ExitReport(level, f"memguard: worker pid={pid} {how} with no retirement in progress; {last}{advice}", outcome)
+    message = f"memguard: worker pid={pid} {how} with no retirement in progress; {last}{advice}"
+    return ExitReport(level, message, outcome)

@@ -265,3 +265,15 @@ def test_syncworker_with_threads_is_still_guarded_and_says_why(baseline_uss, tmp
         for _ in range(4):
             server.get("/leak?kib=20480")
         poll(lambda: server.log_lines(f"retiring worker pid={pid}"), timeout=10, what="retirement")
+
+
+def test_a_server_wide_budget_the_master_alone_exceeds_is_refused_before_any_fork(tmp_path):
+    """The budget counts the master's own PSS (tens of MiB): one below it can never be met, and every
+    fresh worker would be retired at once. Refused like any bad setting: exit 1, no worker forked."""
+    server = Gunicorn([*HOOKS, "apps.leaky:app"], {"MEMGUARD_MAX_TOTAL_MEMORY": "1MiB"}, tmp_path / "g.log")
+    assert server.proc.wait(30) == 1
+    server.stop()
+    lines = server.log_lines("bad setting: MEMGUARD_MAX_TOTAL_MEMORY=1.0 MiB is not above the master's own")
+    assert lines and "(PSS), which the budget counts" in lines[0]
+    assert not server.log_lines("Booting worker")
+    assert "Traceback" not in server.log()

@@ -61,8 +61,9 @@ def watch_kills(arbiter: Any, sent: dict[int, set[int]]) -> None:
     arbiter.kill_worker = kill_worker
 
 
-def attach_coordinator(arbiter: Any, coordinator: Coordinator) -> None:
-    """Run `Coordinator.tick` at the start of every ``manage_workers``, and pause it across reloads.
+def attach_coordinator(arbiter: Any, coordinator: Coordinator, every_pass: Callable[[], None]) -> None:
+    """Run ``every_pass`` (the container limit's re-read) and `Coordinator.tick` at the start of
+    every ``manage_workers``, and pause the coordinator across reloads.
 
     Safe: ``manage_workers`` runs in the arbiter's main thread, at the point where gunicorn itself
     reconciles ``num_workers`` with ``WORKERS``, so the coordinator's changes are made where
@@ -73,7 +74,15 @@ def attach_coordinator(arbiter: Any, coordinator: Coordinator) -> None:
         return
     manage_workers, reload = arbiter.manage_workers, arbiter.reload
 
+    failed: list[bool] = []
+
     def managed() -> None:
+        try:
+            every_pass()
+        except Exception:  # noqa: BLE001 - the limits stay as they were; gunicorn's pass runs regardless
+            if not failed:
+                failed.append(True)
+                arbiter.log.exception("memguard: cannot follow the container's memory limit; limits stay as they are")
         coordinator.tick()
         manage_workers()
 

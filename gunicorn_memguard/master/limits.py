@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..policy.percentages import resolve
-from ..probes.cgroup import ContainerMemory, read_container_memory
+from ..probes.cgroup import ContainerMemory, read_container_memory, reread_limit
 from ..probes.memory import own_rss
 from ..units import format_size
 
@@ -17,21 +17,57 @@ if TYPE_CHECKING:
 def resolve_limits(runtime: Runtime, server: Any) -> None:
     """Resolve per-worker limits before the first fork and whenever the worker count changed
     (TTIN/TTOU); live workers pick the new values up from the shared limits."""
-    settings, shared, coordinator = runtime.settings, runtime.shared, runtime.coordinator
+    coordinator = runtime.coordinator
     # a spawn-first raise of num_workers is not a new worker count
     workers = coordinator.wanted() if coordinator is not None else server.num_workers
-    if shared is None or workers == runtime.workers:
+    if runtime.shared is None or workers == runtime.workers:
         return
     first = runtime.workers == 0
     runtime.workers = workers
     if runtime.container is None:  # a few small files, once: shares need it, and so does the fit check
         runtime.container = read_container_memory()
         runtime.master_rss = own_rss()  # after preload_app, before the first fork
+    _resolve(runtime, server, "" if first else " (worker count changed)")
+
+
+def follow_container(runtime: Runtime, server: Any, now: float) -> None:
+    """Kubernetes (1.35) resizes a pod's memory limit in place, lower than what is in use too: once
+    every MEMGUARD_CHECK_INTERVAL the master re-reads the limit (its own cgroup's limit files only,
+    ~10 us), and on a change resolves the percentage limits and the server-wide budget again and
+    says so. Running workers take the new limits at their next timer check."""
     container = runtime.container
+    if container is None or container.cgroup is None or now < runtime.next_container_read:
+        return
+    runtime.next_container_read = now + runtime.settings.check_interval
+    latest = reread_limit(container)
+    if latest.limit == container.limit:
+        return
+    runtime.container = latest
+    server.log.warning(
+        "memguard: the container's memory limit changed from %s to %s",
+        _show(container.limit), _show(latest.limit),
+    )  # fmt: skip
+    coordinator = runtime.coordinator
+    if coordinator is not None:
+        coordinator.room.follow(latest)
+        if coordinator.room.total_budget is not None:
+            server.log.warning("memguard: server-wide budget now %s", format_size(coordinator.room.total_budget))
+    _resolve(runtime, server, " (container limit changed)")
+
+
+def _show(limit: int | None) -> str:
+    return "none" if limit is None else format_size(limit)
+
+
+def _resolve(runtime: Runtime, server: Any, why: str) -> None:
+    settings, shared, container = runtime.settings, runtime.shared, runtime.container
+    assert shared is not None and container is not None
     resolved = resolve(settings.max_memory, settings.hard_max_memory, container, runtime.master_rss, runtime.workers)
     shared.set_limits(resolved.soft, resolved.hard)
+    budget = runtime.coordinator.room.total_budget if runtime.coordinator is not None else None
+    shared.set_memory(container.limit, budget)
     if resolved.how:
-        server.log.info("%s%s", resolved.how, "" if first else " (worker count changed)")
+        server.log.info("%s%s", resolved.how, why)
         if resolved.soft and resolved.hard and resolved.hard < resolved.soft:
             server.log.warning(
                 "memguard: the hard limit (%s) resolved below the soft limit (%s): workers will be retired at "

@@ -20,11 +20,17 @@ from ..units import format_size
 class Room:
     def __init__(self, settings: Settings, container: ContainerMemory | None, shared: SharedLimits | None) -> None:
         self.container = container or read_container_memory()
-        budget = settings.max_total_memory
-        self.total_budget = budget.resolve(self.container.available) if budget is not None else None
+        self.budget = settings.max_total_memory
+        self.total_budget = self.budget.resolve(self.container.available) if self.budget is not None else None
         self.total = 0  # last measured PSS of the workers and the master, when a total budget is set
         self.master = 0  # the master's own PSS at that measurement
         self.shared = shared
+
+    def follow(self, container: ContainerMemory) -> None:
+        """The container's limit changed: the budget, if a share of it, is resolved again."""
+        self.container = container
+        if self.budget is not None:
+            self.total_budget = self.budget.resolve(container.available)
 
     def headroom(self, workers: dict[int, Any]) -> int | None:
         """Bytes one more worker may take: the container's limit less its working set (what the OOM

@@ -26,7 +26,7 @@ from ..settings import Settings, SettingsError, config_namespace, load_settings
 from ..shared.limits import SharedLimits
 from ..shared.scoreboard import SLOT_ATTR, Scoreboard
 from ..units import format_count_rate, format_duration, format_rate, format_size, format_size_or_share
-from . import arbiter
+from . import arbiter, limits
 from .coordinator import Coordinator
 from .exits import OomWatch
 
@@ -56,6 +56,7 @@ class Runtime:
         self.container: ContainerMemory | None = None
         self.master_rss = 0
         self.workers = 0  # the worker count the limits were last resolved for
+        self.next_container_read = 0.0  # monotonic: when the master re-reads the container's limit
         # coordination: once attached, soft retirements wait their turn
         self.coordinator: Coordinator | None = None
         self.guard: Any = None  # worker.guard.Guard, in a worker process
@@ -105,7 +106,7 @@ class Runtime:
                     f"not above the master's own {format_size(master)} (PSS), which the budget counts: no worker "
                     "could fit; set a size, or a % of the container, above it",
                 )
-        arbiter.attach_coordinator(server, coordinator)
+        arbiter.attach_coordinator(server, coordinator, lambda: limits.follow_container(self, server, time.monotonic()))
         self.coordinator = coordinator
         if budget is not None:
             server.log.info(

@@ -346,6 +346,19 @@ def read_container_memory(root: str = ROOT) -> ContainerMemory:
     return ContainerMemory(limit=limit, mem_total=mem_total, cgroup=cgroup)
 
 
+def reread_limit(container: ContainerMemory, root: str = ROOT) -> ContainerMemory:
+    """The same container with its limit read again (Kubernetes resizes a pod's memory in place):
+    only the limit files of the cgroup already found, never /proc's cgroup and mount tables."""
+    cgroup = container.cgroup
+    if cgroup is None:
+        return container
+    root = os.path.abspath(root)
+    limit = _read_v2_limit(root, cgroup) if cgroup.version == "v2" else _read_v1_limit(cgroup)
+    if limit is not None and container.mem_total > 0:
+        limit = min(limit, container.mem_total)
+    return ContainerMemory(limit=limit, mem_total=container.mem_total, cgroup=cgroup)
+
+
 def read_usage(cgroup: MemoryCgroup) -> int | None:
     """The cgroup's charged memory (``memory.current`` / ``memory.usage_in_bytes``), or None."""
     name = "memory.current" if cgroup.version == "v2" else "memory.usage_in_bytes"

@@ -155,6 +155,17 @@ class ScoreboardCollector:
                 limits.add_metric([kind], value)
         yield limits
         if self.shared is not None:
+            container, budget = self.shared.memory()
+            for name, doc, value in (
+                (
+                    "memguard_container_memory_limit_bytes",
+                    "The container's memory limit, re-read at run time",
+                    container,
+                ),
+                ("memguard_total_budget_bytes", "The server-wide budget (MEMGUARD_MAX_TOTAL_MEMORY) in bytes", budget),
+            ):
+                if value is not None:
+                    yield GaugeMetricFamily(name, doc, value=value)
             yield GaugeMetricFamily(
                 "memguard_breaker_open",
                 "1 while workers start near their limit (a crash loop): useless retirements wait for the backoff",

@@ -19,6 +19,8 @@ PAUSE_NONE, PAUSE_BASELINE = 0, 1
 _LIMITS = struct.Struct("<q q")  # soft, hard (bytes, 0 = none)
 _BREAKER = struct.Struct("<q q q d d d")  # crash_loop, fresh baseline, trips, backoff until, backoff delay, ready
 _AT = 16
+_MEMORY = struct.Struct("<q q")  # the container's limit, the server-wide budget (bytes, 0 = none)
+_MEMORY_AT = _AT + _BREAKER.size
 
 
 class SharedLimits:
@@ -33,6 +35,14 @@ class SharedLimits:
     def limits(self) -> tuple[int | None, int | None]:
         soft, hard = _LIMITS.unpack_from(self._map, 0)
         return soft or None, hard or None
+
+    def set_memory(self, container: int | None, budget: int | None) -> None:
+        """The container's memory limit and the server-wide budget as the master last resolved them."""
+        _MEMORY.pack_into(self._map, _MEMORY_AT, container or 0, budget or 0)
+
+    def memory(self) -> tuple[int | None, int | None]:
+        container, budget = _MEMORY.unpack_from(self._map, _MEMORY_AT)
+        return container or None, budget or None
 
     # -- the crash-loop breaker ---------------------------------------------------------
     def _fields(self) -> list[float]:

@@ -7,7 +7,7 @@ alone. Observed from outside: the cgroup's own ``oom_kill`` count, the HTTP stat
 import pytest
 
 from bench.container import LEAK_KIB, LIMIT, WORKERS
-from bench.harness import Container, Gunicorn, load, poll
+from bench.harness import Container, Gunicorn, free_port, load, poll, scrape
 
 from .conftest import INTERNALS, KiB, MiB
 
@@ -94,3 +94,35 @@ def test_every_oom_kill_is_attributed_even_several_at_once(tmp_path):
             assert len(server.log_lines("killed by the kernel OOM killer")) == kills
             assert not server.log_lines("cause unknown")
         print(f"{kills} OOM kills, all attributed")
+
+
+def test_a_container_limit_changed_at_run_time_is_followed(tmp_path):
+    """Kubernetes resizes a pod's memory in place: lowered from 400 to 300 MiB while serving, the
+    shares of it are resolved again — per-worker limits, the budget, what is exported — within a
+    few check intervals (200 ms here), and the running workers take their new limits."""
+    port = free_port()
+    env = {
+        "MEMGUARD_MAX_MEMORY": "80%",
+        "MEMGUARD_MAX_TOTAL_MEMORY": "90%",
+        "MEMGUARD_CHECK_INTERVAL": "200ms",
+        "MEMGUARD_PROMETHEUS_PORT": str(port),
+    }
+    with Container(LIMIT) as container:
+        server = Gunicorn([*HOOKS, "apps.leaky:app"], env, tmp_path / "g.log", workers=WORKERS, container=container)
+        with server:
+            server.wait_ready()
+            limit = poll(lambda: scrape(port).get("memguard_container_memory_limit_bytes"), 10, what="the metric")
+            assert list(limit.values()) == [LIMIT]
+            (container.path / "memory.limit_in_bytes").write_text(str(300 * MiB))
+            poll(
+                lambda: server.log_lines("container's memory limit changed from 400.0 MiB to 300.0 MiB"),
+                5,
+                what="the change said",
+            )
+            assert server.log_lines("server-wide budget now 270.0 MiB")
+            assert server.log_lines("(container limit changed)")
+            poll(lambda: len(server.log_lines("the master re-resolved them")) >= WORKERS, 5, what="the workers")
+            exported = scrape(port)
+            assert list(exported["memguard_container_memory_limit_bytes"].values()) == [300 * MiB]
+            assert list(exported["memguard_total_budget_bytes"].values()) == [270 * MiB]
+            assert server.get("/")[0] == 200

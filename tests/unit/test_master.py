@@ -134,8 +134,8 @@ def test_the_coordinator_ticks_before_manage_workers_and_pauses_across_a_reload(
         tick()
 
     coordinator.tick = recorded_tick  # type: ignore[method-assign]
-    arbiter.attach_coordinator(server, coordinator)
-    arbiter.attach_coordinator(server, coordinator)  # idempotent: one wrapper
+    arbiter.attach_coordinator(server, coordinator, lambda: None)
+    arbiter.attach_coordinator(server, coordinator, lambda: None)  # idempotent: one wrapper
     server.manage_workers()
     assert server.calls == ["manage"] and ticks == [False]
     coordinator.retirements[42] = object()  # type: ignore[assignment]

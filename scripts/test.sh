@@ -61,6 +61,26 @@ run() {  # run DIR GUNICORN_VERSION WHAT [PYTEST ARGS...]
   SUMMARY+=("gunicorn $version: $outcome, $what: ${counts:-no tests ran}, $((SECONDS - started)) s")
 }
 
+install_promtool() {  # make promtool available for the tests of conf_examples/prometheus, where it can be; they skip without it
+  if command -v promtool >/dev/null 2>&1; then
+    SUMMARY+=("promtool: $(promtool --version 2>&1 | head -1)")
+  elif [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    SUMMARY+=("promtool: missing (install Debian's package prometheus, as root): its tests skip")
+  else
+    # Debian's package prometheus has promtool (it is also the server: where systemd runs, it starts it)
+    echo "== installing promtool: apt-get install prometheus"
+    if { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+    } >"$LOGS/apt.log" 2>&1 && command -v promtool >/dev/null 2>&1; then
+      SUMMARY+=("promtool: installed, $(promtool --version 2>&1 | head -1)")
+    else
+      tail -5 "$LOGS/apt.log"
+      SUMMARY+=("promtool: could not be installed: its tests skip")
+    fi
+  fi
+}
+
+install_promtool
 echo "== lint: ruff check, ruff format --check, mypy"
 if venv .venv "$NEWEST" && .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy; then
   SUMMARY+=("lint: passed")

@@ -11,7 +11,7 @@ memguard_max_memory = "512MiB"
 memguard_hard_max_memory = "768MiB"
 memguard_metric = "uss"
 memguard_jitter = "10%"
-memguard_min_lifetime = "30s"
+memguard_min_lifetime = "0s"  # more only delays soft-limit retirements; the hard limit never waits
 memguard_check_interval = "1s"
 # observability
 memguard_dry_run = False  # True first, to tune the limits on real traffic

@@ -9,7 +9,7 @@
 # where memguard reaches into gunicorn, which changed between majors: the arbiter's worker count
 # and loop (spawn-first raises num_workers from manage_workers; TTIN/TTOU, HUP and a worker killed
 # mid-turn), reaping and the exit reports built from it, gthread's drain (memguard drains it itself
-# before 24, which reset accepted connections on SIGTERM), and the gevent and uvicorn workers'
+# before 24, which reset accepted connections on SIGTERM), and the gevent, uvicorn and asgi workers'
 # graceful stop, the worker's exit path (fast exit after worker_exit) and the server-wide budget's
 # shares. The marked tests exercise each of those once, which keeps the whole script within
 # about 20 minutes on 2 cores. pytest exits 5 when a selection is empty: that counts as a failure,

@@ -5,6 +5,7 @@ thread of the worker.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import selectors
 import signal
@@ -130,6 +131,104 @@ class GeventDrain:
             server.stop_accepting()
 
 
+class AsgiDrain:
+    """Graceful stop for gunicorn's own asyncio worker (``-k asgi``, gunicorn >= 24), that stops
+    accepting at once and heartbeats while it drains.
+
+    On SIGTERM that worker only clears ``alive``, which its main loop reads once a second: it goes
+    on accepting until then (as gevent's did), and its shutdown sends gunicorn's master no
+    heartbeat, so a drain longer than ``--timeout`` is killed. The rest of its shutdown is what a
+    retirement wants: with ``alive`` clear every connection closes after its current response
+    (``Connection: close``), a connection accepted without its request yet is still served, and
+    the shutdown waits up to ``graceful_timeout`` for the connections, runs the lifespan shutdown
+    and exits 0.
+
+    So a retirement runs ``_begin`` on the loop's thread: right there when decided on it (the
+    check after a request), else as the first callback of the loop's next pass, before that pass's
+    accepts (``call_soon_threadsafe``, from the guard's OS thread). It stops polling the
+    listeners, clears ``alive`` and heartbeats until the process ends; the worker's main loop then
+    runs its own shutdown within a second. Its closing of the listeners, which drops a connection
+    accepted in the same loop pass (its transport can no longer attach to a closed server), comes
+    at least a pass after the last accept. With uvloop, whose listeners cannot be paused on their
+    own, they are closed at once.
+    """
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.begun = False
+        if gunicorn.version_info < (26, 2):
+            count_server_closes()
+
+    def __call__(self) -> None:
+        loop = self.worker.loop
+        if loop is None:  # no loop yet: gunicorn's own stop
+            send_sigterm()
+        elif loop.is_closed():  # its shutdown is over: it is exiting
+            return
+        elif _running_loop() is loop:
+            self._begin()
+        else:
+            loop.call_soon_threadsafe(self._begin)
+
+    def _begin(self) -> None:
+        if self.begun:
+            return
+        self.begun = True
+        worker, loop = self.worker, self.worker.loop
+        for server in worker.servers:
+            for sock in server.sockets:
+                if not loop.remove_reader(sock.fileno()):  # not a selector loop (uvloop): close it
+                    server.close()
+        worker.alive = False
+        loop.create_task(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        """memguard bounds the drain itself (graceful_timeout + a margin); cancelled with the
+        worker's other tasks once its shutdown is done."""
+        while True:
+            self.worker.notify()
+            await asyncio.sleep(1.0)
+
+
+def count_server_closes() -> None:
+    """Make gunicorn's asgi worker count a connection out when the server closed it (in this
+    worker process; from ``post_worker_init``, before it serves).
+
+    From gunicorn 25 until 26.2 (benoitc/gunicorn#3661) its ``connection_lost`` returned early for
+    any connection the server had closed (``Connection: close``, the end of keep-alive on a stop,
+    a keep-alive timeout), so ``nr_conns`` only grew, and its shutdown, which waits for it to reach
+    0, waited out the whole ``graceful_timeout`` every time: measured on 25.3.0, every retirement
+    lasted graceful_timeout + ~1 s, however short its last responses, and was reported as a drain
+    memguard had to end. The wrapper
+    counts a connection out only if gunicorn's own method did not, so it changes nothing where
+    gunicorn counts right."""
+    from gunicorn.asgi.protocol import ASGIProtocol
+
+    lost = ASGIProtocol.connection_lost
+    if getattr(lost, "_memguard_counts", False):
+        return
+
+    def connection_lost(protocol: Any, exc: BaseException | None) -> None:
+        worker, counted = protocol.worker, protocol.__dict__.get("_memguard_counted_out", False)
+        before = worker.nr_conns
+        try:
+            lost(protocol, exc)
+        finally:
+            if not counted and worker.nr_conns == before:
+                worker.nr_conns -= 1
+            protocol._memguard_counted_out = True
+
+    connection_lost._memguard_counts = True  # type: ignore[attr-defined]
+    ASGIProtocol.connection_lost = connection_lost
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # no loop runs in this thread: the guard's OS thread
+        return None
+
+
 def retirement_for(worker: Any) -> Retire:
     """The graceful stop for this worker; a worker class may supply its own ``memguard_retire``."""
     own = getattr(worker, "memguard_retire", None)
@@ -138,6 +237,9 @@ def retirement_for(worker: Any) -> Retire:
     ggevent = sys.modules.get("gunicorn.workers.ggevent")  # loaded if, and only if, a gevent worker runs
     if ggevent is not None and isinstance(worker, ggevent.GeventWorker):
         return GeventDrain(worker)
+    gasgi = sys.modules.get("gunicorn.workers.gasgi")  # gunicorn >= 24, loaded if its asgi worker runs
+    if gasgi is not None and isinstance(worker, gasgi.ASGIWorker):
+        return AsgiDrain(worker)
     if gunicorn.version_info < (24,):
         from gunicorn.workers.gthread import ThreadWorker
 

@@ -1,6 +1,7 @@
 """memguard's worker classes, one small module per concurrency model.
 
-Classes load lazily so that importing this package never imports gevent or uvicorn.
+Classes load lazily so that importing this package never imports gevent or uvicorn
+(or gunicorn's asgi worker).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ _CLASSES = {
     "GeventWorker": "gevent",
     "UvicornWorker": "uvicorn",
     "UvicornH11Worker": "uvicorn",
+    "AsgiWorker": "asgi",  # gunicorn >= 24
 }
 
 __all__ = list(_CLASSES)

@@ -5,6 +5,7 @@ GET /leak?kib=N       -> keeps N KiB forever, answers "ok"
 GET /stream?n=N&gap=S -> N server-sent events "data: i", one every S seconds, then "data: end"
 GET /pid              -> this worker's pid
 GET /gc               -> runs a full garbage collection, answers "ok"
+WebSocket /ws         -> each text message "N" keeps N KiB forever and is answered "ok"
 """
 
 import asyncio
@@ -24,6 +25,13 @@ async def app(scope, receive, send):
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            LEAKED.append(b"\x01" * (int(message.get("text") or 0) * 1024))
+            await send({"type": "websocket.send", "text": "ok"})
+        return
     path = scope["path"]
     query = parse_qs(scope["query_string"].decode())
     if path == "/stream":

@@ -9,7 +9,7 @@ MiB = 2**20
 KiB = 2**10
 # The tests that exercise what memguard does inside gunicorn and that changed across its majors:
 # the arbiter's worker count and loop, reaping and exit attribution, gthread's drain before 24, the
-# gevent and uvicorn workers. scripts/test.sh runs them on every supported gunicorn.
+# gevent, uvicorn and asgi workers. scripts/test.sh runs them on every supported gunicorn.
 INTERNALS = pytest.mark.gunicorn_internals
 
 

@@ -1,7 +1,10 @@
-"""Worker classes for gevent and uvicorn: what importing them needs, and the pieces that need no
-server. (Their behaviour under real gunicorn is in tests/integration/test_async.py.)"""
+"""Worker classes for gevent, uvicorn and gunicorn's asgi worker: what importing them needs, and
+the pieces that need no server. (Their behaviour under real gunicorn is in
+tests/integration/test_async.py and test_asgi.py.)"""
 
 import asyncio
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +23,8 @@ def test_importing_memguard_imports_neither_gevent_nor_uvicorn():
     out = run_python(
         "import sys, gunicorn_memguard, gunicorn_memguard.conf, gunicorn_memguard.workers, "
         "gunicorn_memguard.worker.retire, gunicorn_memguard.worker.guard\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('gevent', 'uvicorn', 'uvicorn_worker')))"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('gevent', 'uvicorn', 'uvicorn_worker') "
+        "or m == 'gunicorn.workers.gasgi'))"
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -90,3 +94,113 @@ def test_asgi_wrapper_counts_http_and_websocket_but_not_lifespan():
         asyncio.run(wrapped({"type": "websocket"}, None, None))
     assert calls == ["lifespan", "http", "websocket"]
     assert worker.nr == 2
+
+
+def test_asgi_worker_on_gunicorn_before_24_names_the_gunicorn_needed():
+    out = run_python(
+        "import gunicorn; gunicorn.version_info = (23, 0, 0); gunicorn.__version__ = '23.0.0'\n"
+        "from gunicorn_memguard import workers\n"
+        "workers.AsgiWorker"
+    )
+    assert out.returncode != 0
+    assert "ImportError: gunicorn_memguard.workers.AsgiWorker needs gunicorn >= 24" in out.stderr, out.stderr
+    assert "this is gunicorn 23.0.0" in out.stderr
+
+
+def test_asgi_worker_wrapper_checks_after_websocket_sessions_only(monkeypatch):
+    pytest.importorskip("gunicorn.workers.gasgi")
+    from gunicorn_memguard import hooks
+    from gunicorn_memguard.workers.asgi import checked_after_each_websocket_session
+
+    checks: list[object] = []
+    monkeypatch.setattr(hooks, "post_request", lambda worker, *rest: checks.append(worker))
+    calls: list[str] = []
+
+    async def app(scope, receive, send):
+        calls.append(scope["type"])
+        if scope["type"] == "websocket":
+            raise RuntimeError("the app's own error still propagates")
+
+    worker = object()
+    wrapped = checked_after_each_websocket_session(app, worker)
+    asyncio.run(wrapped({"type": "lifespan"}, None, None))
+    asyncio.run(wrapped({"type": "http"}, None, None))  # gunicorn's own post_request call checks those
+    with pytest.raises(RuntimeError):
+        asyncio.run(wrapped({"type": "websocket"}, None, None))
+    assert calls == ["lifespan", "http", "websocket"]
+    assert checks == [worker]
+
+
+def test_asgi_drain_started_from_another_thread_stops_accepting_on_the_loop_and_heartbeats():
+    from gunicorn_memguard.worker.retire import AsgiDrain
+
+    class Worker:
+        alive = True
+        notified = 0
+
+        def notify(self):
+            self.notified += 1
+
+    worker = Worker()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        worker.loop = loop
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        worker.servers = [server]
+        port = server.sockets[0].getsockname()[1]
+        drain = AsgiDrain(worker)
+        threading.Thread(target=drain).start()  # as the guard's OS thread does
+        deadline = loop.time() + 5
+        while worker.alive and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert worker.alive is False and worker.notified >= 1
+        # the listener is open but no longer polled: a connection stays in its backlog, though the
+        # loop has run passes in which it would have accepted it
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            for _ in range(3):
+                await asyncio.sleep(0)
+            listener = socket.socket(fileno=os.dup(server.sockets[0].fileno()))
+            with listener:
+                listener.setblocking(False)
+                conn, _ = listener.accept()  # BlockingIOError had the loop accepted it
+                conn.close()
+        drain()  # a second call changes nothing
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_asgi_connections_closed_by_the_server_are_counted_out_once(monkeypatch):
+    """gunicorn 25 to 26.1 (benoitc/gunicorn#3661) never counted out a connection it had closed."""
+    pytest.importorskip("gunicorn.asgi.protocol")
+    from gunicorn.asgi.protocol import ASGIProtocol
+
+    from gunicorn_memguard.worker.retire import count_server_closes
+
+    def buggy_connection_lost(self, exc):
+        if self._closed:  # set by the server's own close first: returned before counting out
+            return
+        self._closed = True
+        self.worker.nr_conns -= 1
+
+    monkeypatch.setattr(ASGIProtocol, "connection_lost", buggy_connection_lost)
+    count_server_closes()
+    count_server_closes()  # wraps once
+
+    class Worker:
+        nr_conns = 3
+
+    def protocol(closed_by_server):
+        p = ASGIProtocol.__new__(ASGIProtocol)
+        p.worker, p._closed = worker, closed_by_server
+        return p
+
+    worker = Worker()
+    by_server, by_client, again = protocol(True), protocol(False), protocol(True)
+    by_server.connection_lost(None)
+    by_server.connection_lost(None)  # a second call counts nothing
+    by_client.connection_lost(None)
+    assert worker.nr_conns == 1
+    again.connection_lost(None)
+    assert worker.nr_conns == 0

@@ -66,6 +66,7 @@ class Gunicorn:
         workers: int = 2,
         cwd: Path = TESTS,
         container: Container | None = None,
+        control_socket: Path | None = None,
     ) -> None:
         self.port = free_port()
         self.nworkers = workers
@@ -88,7 +89,7 @@ class Gunicorn:
             "info",
             "--graceful-timeout",
             "10",
-            *_control_socket_off(),
+            *(["--control-socket", str(control_socket)] if control_socket else _control_socket_off()),
             *args,
         ]
         if container is not None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -192,6 +195,37 @@ def test_ttin_then_ttou_during_a_spawn_first_recycle_leave_the_configured_count(
         stop.set()
         loader.join(60)
         poll(lambda: server.log_lines("exited gracefully after retirement"), 30, what="the recycle to finish")
+        _settle(server, 2)
+
+
+@INTERNALS
+def test_control_socket_worker_add_and_remove_during_a_spawn_first_recycle(baseline_uss, tmp_path):
+    """gunicorn 25+'s control socket (``gunicornc``) changes the worker count from its own thread:
+    relative changes, like TTIN/TTOU, so memguard's raise for a replacement and its lowering once
+    the retiree is gone leave exactly the count the operator asked for."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    if not any(s.name == "control_socket" for s in KNOWN_SETTINGS):
+        pytest.skip("this gunicorn has no control socket (25 and later)")
+    ctl = shutil.which("gunicornc", path=os.path.dirname(sys.executable)) or "gunicornc"
+
+    def command(text: str) -> None:
+        subprocess.run([ctl, "-s", str(sock), "-c", text], check=True, capture_output=True, timeout=30)
+
+    sock = tmp_path / "ctl.sock"
+    env = guard_env(baseline_uss + 20 * MiB, 1.5)
+    with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=2, control_socket=sock) as server:
+        server.wait_ready()
+        stop = threading.Event()
+        loader = threading.Thread(target=lambda: [server.get("/leak?kib=512") for _ in range(400) if not stop.is_set()])
+        loader.start()
+        poll(lambda: granted_pids(server), 30, what="a spawn-first recycle")
+        command("worker add 1")  # while memguard's raise for the replacement is in place
+        stop.set()
+        loader.join(60)
+        poll(lambda: server.log_lines("exited gracefully after retirement"), 30, what="the recycle to finish")
+        _settle(server, 3)
+        command("worker remove 1")
         _settle(server, 2)
 
 

@@ -17,7 +17,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-EXTRAS='.[test,gevent,uvicorn,prometheus]'
+EXTRAS='.[test,gevent,uvicorn,prometheus,examples]'
 # the newest release of each supported major on PyPI (pip index versions gunicorn), newest first
 NEWEST=27.0.1
 OLDER=(26.2.0 25.3.0 24.1.1 23.0.0 22.0.0)

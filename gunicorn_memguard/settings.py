@@ -3,7 +3,8 @@
 Each setting is one `Setting` attribute of `Settings` — its parser, its default (written as a
 user would write it), the accepted form and a one-line help — as gunicorn declares its own in
 ``gunicorn/config.py``. The README's settings table (``python -m gunicorn_memguard.settings
---markdown``) and ``memguard check`` are built from these declarations.
+--markdown``), the docs site's settings page (``--docs``) and ``memguard check`` are built from these
+declarations.
 
 Precedence: ``MEMGUARD_*`` environment variables, then ``memguard_*`` variables in the gunicorn
 config module, then the defaults. Every bad value — malformed, unknown name, out of range — is
@@ -16,6 +17,7 @@ import difflib
 import importlib
 import importlib.util
 import ipaddress
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import FrozenInstanceError
@@ -193,7 +195,7 @@ class Settings:
         None,
         SIZE_OR_SHARE_FORM,
         "soft limit per worker: retire gracefully above it; a size, or a percentage of the memory available per "
-        "worker (`80%`, see [Container-relative limits](#container-relative-limits))",
+        "worker (`80%`, see [Container-relative limits](containers.md#container-relative-limits))",
         format_size_or_share,
         unset="unset (measure only)",
     )
@@ -260,7 +262,7 @@ class Settings:
         None,
         GROWTH_FORM,
         "retire a worker whose memory floor grows persistently faster than this, e.g. `50MiB/h` "
-        "([Growth rate](#growth-rate))",
+        "([Growth rate](limits.md#growth-rate))",
         format_rate,
         unset="unset (off)",
     )
@@ -286,7 +288,7 @@ class Settings:
         "yes",
         BOOL_FORM,
         "before a soft-limit retirement, try `gc.collect()` + `malloc_trim(0)` and retire only if still over "
-        "([Reclaim](#reclaim-before-retiring))",
+        "([Reclaim](limits.md#reclaim-before-retiring))",
         format_bool,
     )
     reclaim_interval = Setting(
@@ -301,7 +303,7 @@ class Settings:
         "10/1h",
         COUNT_RATE_FORM,
         "per worker; more retirements than this log one warning per window with the rate (recycling goes "
-        "on: see [crash-loop breaker](#crash-loop-breaker)); `off` silences it",
+        "on: see [crash-loop breaker](limits.md#crash-loop-breaker)); `off` silences it",
         format_count_rate,
     )
     fast_exit = Setting(
@@ -309,7 +311,7 @@ class Settings:
         "yes",
         BOOL_FORM,
         "a worker exiting with status 0 runs its atexit callbacks, then skips the interpreter's teardown, "
-        "which turns pages shared with the master private ([Worth knowing](#worth-knowing))",
+        "which turns pages shared with the master private ([Worth knowing](how-it-works.md#worth-knowing))",
         format_bool,
     )
     # coordination in the master
@@ -332,7 +334,7 @@ class Settings:
         SIZE_OR_CONTAINER_SHARE_FORM,
         "server-wide budget for the workers' PSS and the master's, a size or `%` of the container: each worker "
         "gets a share it enforces after every request; over the budget the largest is retired "
-        "([the budget](#container-relative-limits))",
+        "([the budget](containers.md#the-server-wide-budget))",
         _show_total,
     )
 
@@ -470,12 +472,32 @@ def config_namespace(location: str | None, *, run: bool) -> tuple[Mapping[str, o
     return ({} if module is None else vars(module)), name
 
 
-def markdown_table() -> str:
-    """The README's settings table, from the declarations."""
+# The help texts link to pages of the docs site by paths relative to its folder, docs/: the README
+# (at the top of the repository) reaches them through docs/, the settings page (docs/reference/)
+# through ../.
+_RELATIVE_LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:|#|/)")
+README_LINKS = "docs/"
+DOCS_PAGE = "docs/reference/settings.md"
+DOCS_PAGE_LINKS = "../"
+
+
+def _links(text: str, prefix: str) -> str:
+    return _RELATIVE_LINK.sub(f"]({prefix}", text)
+
+
+def _default(s: Setting[Any]) -> str:
+    return s.unset if s.default is None else f"`{s.default}`"
+
+
+def _anchor(s: Setting[Any]) -> str:
+    return s.env.lower()  # the heading's id, as MkDocs and GitHub both make it
+
+
+def markdown_table(links: str = README_LINKS) -> str:
+    """The README's settings table, from the declarations; ``links``: the path to docs/ from the page."""
     rows = ["| env var | config variable | default | meaning |", "|---|---|---|---|"]
     for s in SETTINGS:
-        default = s.unset if s.default is None else f"`{s.default}`"
-        rows.append(f"| `{s.env}` | `{s.config}` | {default} | {s.help} |")
+        rows.append(f"| `{s.env}` | `{s.config}` | {_default(s)} | {_links(s.help, links)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -492,13 +514,53 @@ def replace_table(text: str) -> str:
     return head + start + markdown_table() + end + tail
 
 
+def docs_page() -> str:
+    """The docs site's settings reference (``DOCS_PAGE``), whole, from the declarations."""
+    lines = [
+        f"<!-- generated by `python -m gunicorn_memguard.settings --docs {DOCS_PAGE}` from the declarations in",
+        "     gunicorn_memguard/settings.py: do not edit by hand, edit the declarations and regenerate -->",
+        "",
+        "# Settings reference",
+        "",
+        "Every setting of memguard, generated from its one declaration in `gunicorn_memguard/settings.py`",
+        "(the same declarations build the README's table and `memguard check`). Each is an environment",
+        "variable and a `memguard_*` variable of the gunicorn config module; the environment wins over the",
+        "config module, which wins over the default. How values are written (sizes, durations, percentages)",
+        "and how bad ones are reported: [Configuration](../configuration.md).",
+        "",
+        "| env var | config variable | default |",
+        "|---|---|---|",
+    ]
+    lines += [f"| [`{s.env}`](#{_anchor(s)}) | `{s.config}` | {_default(s)} |" for s in SETTINGS]
+    for s in SETTINGS:
+        lines += [
+            "",
+            f"## {s.env}",
+            "",
+            _links(s.help[:1].upper() + s.help[1:], DOCS_PAGE_LINKS) + ".",
+            "",
+            f"- config variable: `{s.config}`",
+            f"- default: {_default(s)}",
+            f"- accepted: {s.form}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+USAGE = "usage: python -m gunicorn_memguard.settings --markdown [README.md] | --docs [" + DOCS_PAGE + "]"
+
+
 def main(argv: list[str]) -> int:
-    """``--markdown``: print the table; ``--markdown README.md``: rewrite the table in that file."""
-    if not argv or argv[0] != "--markdown" or len(argv) > 2:
-        print("usage: python -m gunicorn_memguard.settings --markdown [README.md]", file=sys.stderr)
+    """``--markdown``: print the table; ``--markdown README.md``: rewrite the table in that file.
+    ``--docs``: print the docs site's settings page; ``--docs PATH``: write it to PATH."""
+    if not argv or argv[0] not in ("--markdown", "--docs") or len(argv) > 2:
+        print(USAGE, file=sys.stderr)
         return 2
     if len(argv) == 1:
-        sys.stdout.write(markdown_table())
+        sys.stdout.write(markdown_table() if argv[0] == "--markdown" else docs_page())
+        return 0
+    if argv[0] == "--docs":
+        with open(argv[1], "w", encoding="utf-8") as fh:
+            fh.write(docs_page())
         return 0
     with open(argv[1], encoding="utf-8") as fh:
         text = fh.read()

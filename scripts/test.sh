@@ -18,6 +18,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 EXTRAS='.[test,gevent,uvicorn,prometheus,examples]'
+# the newest's venv also runs the lint stage, which builds the docs site (the docs extra: mkdocs-material)
+NEWEST_EXTRAS='.[test,gevent,uvicorn,prometheus,examples,docs]'
 # the newest release of each supported major on PyPI (pip index versions gunicorn), newest first
 NEWEST=27.0.1
 OLDER=(26.2.0 25.3.0 24.1.1 23.0.0 22.0.0)
@@ -25,15 +27,16 @@ OLDER_SELECTION='integration and gunicorn_internals'
 LOGS=$(mktemp -d)
 trap 'rm -rf "$LOGS"' EXIT
 
-venv() {  # venv DIR GUNICORN_VERSION: create or reuse DIR; reinstall only if the version or pyproject.toml changed
-  local stamp="$1/.memguard-installed" want
-  want="gunicorn==$2 $(cksum < pyproject.toml)"
+venv() {  # venv DIR GUNICORN_VERSION: create or reuse DIR; reinstall only if the version, the extras or pyproject.toml changed
+  local stamp="$1/.memguard-installed" want extras=$EXTRAS
+  [ "$2" = "$NEWEST" ] && extras=$NEWEST_EXTRAS
+  want="gunicorn==$2 $extras $(cksum < pyproject.toml)"
   if [ ! -x "$1/bin/python" ]; then
     "$PYTHON" -m venv "$1" || return 1
   fi
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     rm -f "$stamp"
-    "$1/bin/python" -m pip install --quiet --disable-pip-version-check -e "$EXTRAS" "gunicorn==$2" || return 1
+    "$1/bin/python" -m pip install --quiet --disable-pip-version-check -e "$extras" "gunicorn==$2" || return 1
     echo "$want" > "$stamp"
   fi
 }
@@ -81,8 +84,11 @@ install_promtool() {  # make promtool available for the tests of conf_examples/p
 }
 
 install_promtool
-echo "== lint: ruff check, ruff format --check, mypy"
-if venv .venv "$NEWEST" && .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy; then
+echo "== lint: ruff check, ruff format --check, mypy, mkdocs build --strict"
+# the docs site is built strictly (any warning fails it: a broken link or anchor, a page not in the
+# nav) into a temporary folder; NO_MKDOCS_2_WARNING silences mkdocs-material's notice about its successor
+if venv .venv "$NEWEST" && .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy \
+  && NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$LOGS/site"; then
   SUMMARY+=("lint: passed")
 else
   FAILED=1

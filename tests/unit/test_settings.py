@@ -1,5 +1,6 @@
-"""The settings: one declaration each (README's table and the example config agree with it),
-precedence, and every bad value refused with the setting, the value and the accepted form."""
+"""The settings: one declaration each (README's table, the docs' settings page and the example config
+agree with it), precedence, and every bad value refused with the setting, the value and the accepted
+form."""
 
 from __future__ import annotations
 
@@ -76,6 +77,30 @@ def test_the_table_is_rewritten_between_its_markers(tmp_path):
     assert "stale" not in text and text.endswith(f"{TABLE_END}after\n") and "`MEMGUARD_MAX_MEMORY`" in text
     with pytest.raises(ValueError, match="markers"):
         replace_table("no table here")
+
+
+def test_docs_settings_page_is_generated_from_the_declarations():
+    from gunicorn_memguard.settings import DOCS_PAGE, docs_page
+
+    page = ROOT / DOCS_PAGE
+    assert page.read_text(encoding="utf-8") == docs_page(), (
+        f"{DOCS_PAGE} differs from the declarations in gunicorn_memguard/settings.py; it is never edited "
+        f"by hand: regenerate it: python -m gunicorn_memguard.settings --docs {DOCS_PAGE}"
+    )
+    for setting in SETTINGS:
+        assert f"\n## {setting.env}\n" in docs_page() and setting.form in docs_page(), setting.name
+
+
+def test_help_links_point_into_the_docs_from_wherever_they_are_written(tmp_path):
+    from gunicorn_memguard.settings import docs_page, main
+
+    assert "](docs/containers.md#container-relative-limits)" in markdown_table()
+    assert "](../containers.md#container-relative-limits)" in docs_page()
+    assert "](#" not in markdown_table().replace("](#memguard_", "")
+    page = tmp_path / "settings.md"
+    assert main(["--docs", str(page)]) == 0
+    assert page.read_text(encoding="utf-8") == docs_page()
+    assert main(["--docs", str(page), "extra"]) == 2
 
 
 EXAMPLE = ROOT / "conf_examples" / "memguard.conf.py"

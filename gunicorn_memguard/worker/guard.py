@@ -79,7 +79,8 @@ class Guard:
         self.crash_loop = CrashLoop(shared, settings.metric, log, self.publisher.breaker_trip)
         self.drain = Drain(worker, retire, log, scoreboard, slot)
         self.turns: Turns | None = None  # with a coordinator in the master, soft retirements wait their turn
-        if coordinated and scoreboard is not None and slot is not None:
+        # a dry run takes no turns and asks for no spare: it only reports
+        if coordinated and not settings.dry_run and scoreboard is not None and slot is not None:
             self.turns = Turns(worker, scoreboard, slot, settings.metric)
         self.retiring: Verdict | None = None
         self._reclaiming = False

@@ -4,6 +4,8 @@ alone. Observed from outside: the cgroup's own ``oom_kill`` count, the HTTP stat
 (``python -m bench.container`` runs the same load under plain ``--max-requests`` for comparison.)
 """
 
+import re
+
 import pytest
 
 from bench.container import LEAK_KIB, LIMIT, WORKERS
@@ -126,3 +128,32 @@ def test_a_container_limit_changed_at_run_time_is_followed(tmp_path):
             assert list(exported["memguard_container_memory_limit_bytes"].values()) == [300 * MiB]
             assert list(exported["memguard_total_budget_bytes"].values()) == [270 * MiB]
             assert server.get("/")[0] == 200
+
+
+def test_without_room_in_the_container_spawn_first_drains_first(baseline_uss, master_pss, tmp_path):
+    """A container with less room left than one more worker (its limit less its working set, as
+    the kernel sees it): the retiree drains first instead of forking its replacement beside it,
+    and the kernel never has to act. The ceiling (hard limit) and the master fit with 15 MiB to
+    spare; at the soft limit that leaves less than a worker (measured: 18 MiB of room, 23 MiB a
+    worker's PSS)."""
+    soft = baseline_uss + 30 * MiB
+    hard = soft + 10 * MiB
+    limit = master_pss + hard + 15 * MiB
+    env = {
+        "MEMGUARD_MAX_MEMORY": f"{soft}B",
+        "MEMGUARD_HARD_MAX_MEMORY": f"{hard}B",
+        "MEMGUARD_JITTER": "0%",
+        "MEMGUARD_CHECK_INTERVAL": "200ms",
+    }
+    with Container(limit) as container:
+        server = Gunicorn([*HOOKS, "apps.leaky:app"], env, tmp_path / "g.log", workers=1, container=container)
+        with server:
+            server.wait_ready()
+            result = load(server, "/leak?kib=1024", requests=60, concurrency=1)
+            lines = poll(lambda: server.log_lines("no room for a replacement"), 10, what="the drain-first fallback")
+            pid = re.search(r"worker pid=(\d+) retires first", lines[0]).group(1)
+            poll(lambda: server.log_lines(f"worker pid={pid} exited gracefully"), 10, what="its exit")
+            kills = container.oom_kills()
+        assert result.failed == []
+        assert kills == 0, "the kernel OOM-killed a worker"
+        assert not server.log_lines("starting its replacement first")

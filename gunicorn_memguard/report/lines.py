@@ -121,7 +121,9 @@ def _after_retirement(
             ),
             "overran",
         )
-    if slot.state is State.EXITED and (death is None or death.signal is None):
+    # EXITED, or exit status 0 after a retirement began (its slot's state may have been overwritten)
+    clean = death is not None and death.signal is None and death.code == 0
+    if (slot.state is State.EXITED and (death is None or death.signal is None)) or clean:
         return ExitReport(
             "info",
             (

@@ -123,7 +123,11 @@ class Scoreboard:
         return None
 
     def grant(self, index: int, reason: str) -> None:
-        """Tell a worker to retire; it picks this up within 50 ms (waiting) or one check_interval."""
+        """Tell a worker to retire; it picks this up within 50 ms (waiting) or one check_interval.
+        A worker already retiring on its own (its ceiling, its share of the budget) is left as it is:
+        the grant would overwrite the state and reason it wrote, and its exit would be misread."""
+        if self.state(index) not in (State.WAITING, State.RUNNING):
+            return
         self._reason(index, reason)
         self.set_state(index, State.GRANTED)
 

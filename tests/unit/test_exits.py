@@ -192,3 +192,27 @@ def test_a_signal_from_gunicorns_master_is_said_to_be_its():
         42, slot(State.RETIRING, 110.0, "soft_limit"), 120.0, Death(signal.SIGKILL, None, signal.SIGKILL)
     )
     assert "from gunicorn's master" in retiring.message and retiring.outcome == "killed_while_retiring"
+
+
+def test_a_retiree_that_exited_0_is_graceful_whatever_its_slot_says() -> None:
+    """The master granted a turn just as the worker retired on its own (its share of the budget):
+    the slot says GRANTED, the kernel says status 0 — a clean exit after a retirement."""
+    report = exit_report(42, slot(State.GRANTED, 118.0, "soft_limit"), 120.0, Death(None, 0))
+    assert (report.level, report.outcome) == ("info", "graceful")
+
+
+def test_a_grant_leaves_a_worker_already_retiring_as_it_is() -> None:
+    from gunicorn_memguard.shared.scoreboard import Scoreboard
+
+    board = Scoreboard(slots=2)
+    index = board.claim(1.0)
+    board.start(index, 42, 2.0, 100)
+    board.retiring(index, 3.0, "total_memory")
+    board.grant(index, "soft_limit")
+    view = board.read(index)
+    assert (view.state, view.reason) == (State.RETIRING, "total_memory")
+    other = board.claim(1.0)
+    board.start(other, 43, 2.0, 100)
+    board.waiting(other, 120, "soft_limit")
+    board.grant(other, "soft_limit")
+    assert board.state(other) is State.GRANTED

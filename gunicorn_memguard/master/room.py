@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from ..policy import breaker
-from ..policy.fleet import allowances, fair_share, largest_over_budget
+from ..policy.fleet import allowances, fresh_share, largest_over_budget
 from ..probes.cgroup import ContainerMemory, read_container_memory, read_working_set
 from ..probes.memory import available_memory, process_pss
 from ..settings import Settings
@@ -70,9 +70,10 @@ class Room:
         values = {pid: v.exact or v.value for pid, v in views.items() if pid in staying}
         return allowances(values, room)
 
-    def fresh_share(self, workers: int) -> int:
-        """The share a worker about to fork starts with, until the master measures it."""
-        return fair_share(self.total_budget or 0, self.master, workers)
+    def fresh_share(self, workers: int, others: int) -> int:
+        """The share a worker about to fork starts with, until the master measures it (``others``:
+        the shares the live workers hold now)."""
+        return fresh_share(self.total_budget or 0, self.master, workers, others)
 
     def over_budget(self, workers: dict[int, Any], staying: set[int]) -> tuple[int, int] | None:
         """(pid, size) of the largest staying worker when the total is over the budget, else None.

@@ -98,6 +98,7 @@ class Runtime:
         budget = coordinator.room.total_budget
         if budget is not None:
             master = process_pss(os.getpid()) or 0  # after preload_app, before the first fork
+            coordinator.room.master = master  # counted from the first fork, before the first measurement
             if budget <= master:
                 _refuse(
                     server,
@@ -123,7 +124,8 @@ class Runtime:
         if slot is None:
             log.warning("memguard: scoreboard full; this worker's exit will not be explained")
         elif self.coordinator is not None and self.coordinator.room.total_budget is not None:
-            self.scoreboard.set_allowance(slot, self.coordinator.room.fresh_share(self.coordinator.wanted()))
+            others = sum(view.allowance for index, view in self.scoreboard.occupied() if index != slot)
+            self.scoreboard.set_allowance(slot, self.coordinator.room.fresh_share(self.coordinator.wanted(), others))
         setattr(worker, SLOT_ATTR, slot)
 
 

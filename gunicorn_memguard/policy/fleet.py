@@ -58,6 +58,9 @@ def allowances(values: Mapping[int, int], room: int) -> dict[int, int]:
     return {pid: value + part for pid, value in values.items()}
 
 
-def fair_share(budget: int, master: int, workers: int) -> int:
-    """A worker forked before the master measured it: an equal part of the budget less the master."""
-    return max(0, budget - master) // max(1, workers)
+def fresh_share(budget: int, master: int, workers: int, others: int) -> int:
+    """The share a worker about to fork starts with, until the master measures it: an equal part of
+    the budget less the master, and never more than the other workers' shares leave, so the shares
+    still add up to the budget at most. At least 1 byte: 0 would mean "no share" (none left: it
+    retires at its first check, and a crash loop is seen as such)."""
+    return max(1, min(max(0, budget - master) // max(1, workers), budget - master - others))

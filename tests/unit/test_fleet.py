@@ -3,8 +3,8 @@
 from gunicorn_memguard.policy.fleet import (
     Candidate,
     allowances,
-    fair_share,
     free_turns,
+    fresh_share,
     has_room,
     largest_over_budget,
     retirement_order,
@@ -68,6 +68,14 @@ def test_no_workers_no_shares():
 
 
 def test_a_fresh_worker_starts_with_an_equal_part_of_the_budget_less_the_master():
-    assert fair_share(360 * MiB, 30 * MiB, 3) == 110 * MiB
-    assert fair_share(20 * MiB, 30 * MiB, 3) == 0  # a budget below the master's own size: none
-    assert fair_share(100 * MiB, 0, 0) == 100 * MiB
+    assert fresh_share(360 * MiB, 30 * MiB, 3, others=0) == 110 * MiB
+    assert fresh_share(360 * MiB, 30 * MiB, 3, others=220 * MiB) == 110 * MiB  # the third at start-up
+    assert fresh_share(100 * MiB, 0, 0, others=0) == 100 * MiB
+
+
+def test_a_fresh_share_never_takes_what_the_others_hold():
+    """A replacement forked while the others' shares still hold the room its predecessor left:
+    it gets only what is left, so the shares never add up past the budget."""
+    assert fresh_share(360 * MiB, 30 * MiB, 3, others=300 * MiB) == 30 * MiB
+    assert fresh_share(360 * MiB, 30 * MiB, 3, others=330 * MiB) == 1  # none left: it retires at once
+    assert fresh_share(20 * MiB, 30 * MiB, 3, others=0) == 1  # a budget below the master's own size

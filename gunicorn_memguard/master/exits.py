@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..probes.cgroup import MemoryCgroup, read_oom_kill_count
 from ..report.lines import Death, exit_report, signal_name
 from ..report.telemetry import Telemetry
-from ..shared.scoreboard import SLOT_ATTR
+from ..shared.scoreboard import SLOT_ATTR, State
 from ..units import format_duration
 
 if TYPE_CHECKING:
@@ -76,7 +76,10 @@ def report_exit(runtime: Runtime, worker: Any, log: Any, cfg: Any) -> None:
     now = time.time()
     view = runtime.scoreboard.read(slot)
     oom = runtime.oom
-    oom_killed = oom.rose() if oom is not None and death and death.signal == signal.SIGKILL != death.sent else None
+    # no status peeked (it died between memguard's peek and gunicorn's reaping): the counter may still say
+    unseen = death is None and view.state is not State.EXITED
+    sigkill = death is not None and death.signal == signal.SIGKILL != death.sent
+    oom_killed = oom.rose() if oom is not None and (sigkill or unseen) else None
     report = exit_report(worker.pid, view, now, death, oom_killed)
     getattr(log, report.level)(report.message)
     if view.pid == worker.pid and view.retire_started:

@@ -73,6 +73,8 @@ def signal_name(number: int) -> str:
 
 def _killed_by(death: Death | None, oom_killed: bool | None) -> tuple[str, str]:
     """(outcome, phrase) for a worker that ended without a clean exit."""
+    if death is None and oom_killed:  # its status was reaped before memguard could peek at it
+        return "oom_killed", "was killed by the kernel OOM killer (its cgroup's oom_kill count rose; status unseen)"
     if death is None or death.signal is None:
         return "died", "died without exiting cleanly"
     if death.sent == death.signal:

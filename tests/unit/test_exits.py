@@ -216,3 +216,10 @@ def test_a_grant_leaves_a_worker_already_retiring_as_it_is() -> None:
     board.waiting(other, 120, "soft_limit")
     board.grant(other, "soft_limit")
     assert board.state(other) is State.GRANTED
+
+
+def test_a_death_whose_status_was_not_seen_is_the_oom_killers_if_the_counter_rose() -> None:
+    """It died between memguard's peek and gunicorn's reaping: no status, but a kill counted."""
+    report = exit_report(42, slot(), 120.0, None, True)
+    assert report.outcome == "oom_killed" and "was killed by the kernel OOM killer" in report.message
+    assert exit_report(42, slot(), 120.0, None, False).outcome == "died"

@@ -7,13 +7,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
-from . import __version__
-from .policy.percentages import resolve
-from .probes.cgroup import read_container_memory
-from .settings import Settings, SettingsError, config_namespace, load_settings
-from .units import Share, format_size
+from ..policy.percentages import resolve
+from ..probes.cgroup import read_container_memory
+from ..settings import Settings, SettingsError, config_namespace, load_settings
+from ..units import Share, format_size
 
 
 def _worker_count(namespace: Mapping[str, object], name: str, env: Mapping[str, str]) -> tuple[int, str]:
@@ -72,24 +71,7 @@ def check(location: str | None, env: Mapping[str, str] | None = None) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="memguard", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s (gunicorn-memguard) {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    check_parser = commands.add_parser("check", help="print the effective settings; non-zero exit on a bad one")
-    check_parser.add_argument("-c", "--config", help="the gunicorn config: a file path or python:module")
-    args = parser.parse_args(argv)
-    try:
-        status = check(args.config)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader went away (`memguard check | head -2`) after good settings (bad ones print
-        # to stderr only). Point stdout at /dev/null so the interpreter's final flush does not
-        # fail again with a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("check", help="print the effective settings; non-zero exit on a bad one")
+    parser.add_argument("-c", "--config", help="the gunicorn config: a file path or python:module")
+    parser.set_defaults(run=lambda args: check(args.config))

@@ -1,8 +1,9 @@
 """The per-worker guard: measure, ask the policy, act once.
 
-It is fed from two places: after every request (one ~2 µs RSS read), and from a real OS thread on
-a timer, so a worker stuck in a long request or sitting idle is still seen. Over the ceiling a
-worker stops accepting at once, whatever its age, its turn or a replacement booting; between its
+It is fed from two places: after requests (one ~2 µs RSS read at most every 5 ms while the limits
+are far, after every request near them: ``gate.py``), and from a real OS thread on a timer, so a
+worker stuck in a long request or sitting idle is still seen. Over the ceiling a worker stops
+accepting at once, whatever its age, its turn or a replacement booting; between its
 soft limit and the ceiling it waits for the master's turn (coordinated recycling). Whatever goes
 wrong inside memguard is logged once and the worker keeps serving: the guard must never be the
 thing that loses a request.
@@ -15,6 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from time import monotonic
 from typing import Any
 
 from ..policy import KEEP, Action, Sample, Verdict
@@ -27,6 +29,7 @@ from ..shared.scoreboard import Scoreboard
 from . import native
 from .crashloop import CrashLoop
 from .drain import Drain
+from .gate import RequestGate
 from .limits import WorkerLimits
 from .publish import Publisher
 from .reading import Reader
@@ -86,6 +89,7 @@ class Guard:
         self._reclaiming = False
         self._broken = False
         self.cadence = Cadence(settings.check_interval)
+        self.gate = RequestGate()
         # Shared with the sampler OS thread: unpatched primitives even under gevent.
         self._lock = native.allocate_lock()
         self._stop = native.StopFlag()
@@ -107,11 +111,21 @@ class Guard:
 
     # -- feeding ------------------------------------------------------------------------
     def after_request(self) -> None:
-        """The request-boundary check: one RSS read unless a limit is in reach."""
-        if self.retiring is None and not self._broken:
-            if self.turns is not None and self.turns.waiting is not None:
-                self._take_grant()
-            self._check(from_timer=False)
+        """The request-boundary check, gated (``RequestGate``): while the limits are far, most
+        requests end with a decrement and a clock read; near them, each is checked."""
+        gate = self.gate
+        gate.left -= 1
+        if gate.left >= 0 and monotonic() < gate.until:
+            return
+        try:
+            if self.retiring is None and not self._broken:
+                if self.turns is not None and self.turns.waiting is not None:
+                    self._take_grant()
+                self._check(from_timer=False)
+            self._regate()
+        except Exception as exc:  # noqa: BLE001 - a memguard bug must not reach the request
+            self._degrade(f"internal error {exc!r}")
+            self.gate.never()
 
     def _run_sampler(self) -> None:
         self._check(from_timer=True)  # so the master knows a baseline even if the worker dies young
@@ -147,6 +161,17 @@ class Guard:
             self.publisher.would_retire(verdict, time.monotonic() - self.born, self.requests)
         elif step is Step.KEEP and self.turns is not None:
             self._expect()
+        self._regate()
+
+    def _regate(self) -> None:
+        """After a check: how many of the next requests may end unchecked."""
+        if self.retiring is not None or self._broken:
+            self.gate.never()
+        elif self.turns is not None and self.turns.waiting is not None:
+            self.gate.close()
+        else:
+            reader = self.reader
+            self.gate.reopen(monotonic(), reader.rss, reader.estimate(), self.requests, self.policy.floor)
 
     def _judge(self, from_timer: bool) -> tuple[Verdict, Step]:
         now = time.monotonic()

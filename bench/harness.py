@@ -67,6 +67,7 @@ class Gunicorn:
         cwd: Path = TESTS,
         container: Container | None = None,
         control_socket: Path | None = None,
+        cpus: str | None = None,
     ) -> None:
         self.port = free_port()
         self.nworkers = workers
@@ -92,6 +93,8 @@ class Gunicorn:
             *(["--control-socket", str(control_socket)] if control_socket else _control_socket_off()),
             *args,
         ]
+        if cpus is not None:  # pinned (taskset execs gunicorn: same pid)
+            self.args = ["taskset", "-c", cpus, *self.args]
         if container is not None:
             self.args = container.wrap(self.args)
         self._log = open(self.log_path, "wb")

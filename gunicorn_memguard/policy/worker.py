@@ -24,13 +24,19 @@ class WorkerPolicy:
         self.ceiling = ceiling
         self.allowance = next((m for m in self.monitors if isinstance(m, Allowance)), None)
         self.paused = False
+        self._floor: int | None = None
+        self._refloor()
 
     @property
     def floor(self) -> int | None:
-        """The lowest absolute limit: a reading at or below it needs no closer look."""
+        """The lowest absolute limit: a reading at or below it needs no closer look (kept up to
+        date by ``allow`` and ``retarget``: it is read on every check)."""
+        return self._floor
+
+    def _refloor(self) -> None:
         share = self.allowance.limit if self.allowance is not None else 0
         limits = [x for x in (self.soft, self.ceiling, share or None) if x is not None]
-        return min(limits) if limits else None
+        self._floor = min(limits) if limits else None
 
     def judge(self, sample: Sample) -> Verdict:
         for monitor in self.monitors:
@@ -41,7 +47,7 @@ class WorkerPolicy:
 
     def clears(self, upper_bound: int) -> bool:
         """True if a reading this high cannot breach any absolute limit (the cheap path)."""
-        floor = self.floor
+        floor = self._floor
         return floor is None or upper_bound <= floor
 
     def wants_exact(self, now: float) -> bool:
@@ -54,8 +60,9 @@ class WorkerPolicy:
 
     def allow(self, share: int) -> None:
         """The master's latest share of the server-wide budget for this worker (0: none yet)."""
-        if self.allowance is not None:
+        if self.allowance is not None and self.allowance.limit != share:
             self.allowance.limit = share
+            self._refloor()
 
     def retarget(self, soft: int | None, ceiling: int | None) -> None:
         """Apply re-evaluated limits (e.g. a percentage limit after the worker count changed)."""
@@ -63,6 +70,7 @@ class WorkerPolicy:
         self.ceiling = ceiling if ceiling is not None else self.ceiling
         for monitor in self.monitors:
             monitor.retarget(soft, ceiling)
+        self._refloor()
 
 
 @dataclass(frozen=True)

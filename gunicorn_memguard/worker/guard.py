@@ -121,8 +121,9 @@ class Guard:
             if self.retiring is None and not self._broken:
                 if self.turns is not None and self.turns.waiting is not None:
                     self._take_grant()
-                self._check(from_timer=False)
-            self._regate()
+                self._check(from_timer=False)  # regates
+            else:
+                self.gate.never()
         except Exception as exc:  # noqa: BLE001 - a memguard bug must not reach the request
             self._degrade(f"internal error {exc!r}")
             self.gate.never()

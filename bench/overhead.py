@@ -1,0 +1,232 @@
+"""What memguard costs a request, printed as two tables:
+
+1. in-process: the nanoseconds memguard adds to each request, per worker class, far from the limits
+   and near them (where every request is checked) — the hook path a real worker runs (gunicorn's
+   ``post_request`` hook; the ASGI wrapper for uvicorn), on a real guard of this process;
+2. served: throughput and p99 of memguard's worker class ÷ the stock one on hello world, one
+   worker pinned to CPU 0 and ``wrk`` (1 thread, 16 keep-alive connections) pinned to CPU 1,
+   in short alternating pairs; the median ratio and its spread over the pairs.
+
+    .venv/bin/python -m bench.overhead                 # both tables, 10 pairs of 3 s per class
+    .venv/bin/python -m bench.overhead --pairs 4 --classes sync,uvicorn
+
+Needs ``wrk`` and ``taskset`` (Debian: wrk, util-linux) and two CPUs for the second table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from bench.harness import ROOT, Gunicorn
+from gunicorn_memguard import hooks
+from gunicorn_memguard.master import runtime
+from gunicorn_memguard.probes.memory import MemoryProbe
+from gunicorn_memguard.settings import Settings
+from gunicorn_memguard.worker.guard import Guard
+
+# stock gunicorn arguments, memguard's, and the app (bench/apps.py: "/" answers "ok")
+CLASSES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+    "sync": (("-k", "sync"), ("-k", "gunicorn_memguard.workers.SyncWorker"), "bench.apps:wsgi"),
+    "gthread": (
+        ("-k", "gthread", "--threads", "4"),
+        ("-k", "gunicorn_memguard.workers.ThreadWorker", "--threads", "4"),
+        "bench.apps:wsgi",
+    ),
+    "gevent": (("-k", "gevent"), ("-k", "gunicorn_memguard.workers.GeventWorker"), "bench.apps:wsgi"),
+    "uvicorn": (
+        ("-k", "uvicorn_worker.UvicornWorker"),
+        ("-k", "gunicorn_memguard.workers.UvicornWorker"),
+        "bench.apps:asgi",
+    ),
+    "asgi": (("-k", "asgi"), ("-k", "gunicorn_memguard.workers.AsgiWorker"), "bench.apps:asgi"),
+}
+LIMIT = "1GiB"  # memguard's soft limit in the served runs: measured every request, never reached
+
+
+# -- 1. in-process ------------------------------------------------------------------------------
+def _guard(near: bool) -> tuple[Guard, SimpleNamespace]:
+    worker = SimpleNamespace(nr=0, cfg=SimpleNamespace(graceful_timeout=30), log=None)
+    log = SimpleNamespace(info=print, warning=print, error=print)
+    uss = MemoryProbe().read("uss")
+    limit = uss + 32 * 2**20 if near else 64 * 2**30
+    settings = Settings(max_memory=limit, jitter=0.0, hard_max_memory=2**40)
+    guard = Guard(worker, settings, lambda: None, log, None, None, start_thread=lambda target: None)
+    runtime._runtime = SimpleNamespace(guard=guard)  # type: ignore[assignment] # what post_worker_init sets
+    guard.after_request()
+    if near:  # the gate's step as if a request could take the whole headroom: each one is checked
+        guard.gate.step = float(limit - uss)
+    return guard, worker
+
+
+def _per_call(run: Callable[[int], None], n: int) -> float:
+    """Nanoseconds per call, the best of 5 runs of n (the least disturbed)."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter_ns()
+        run(n)
+        best = min(best, (time.perf_counter_ns() - started) / n)
+    return best
+
+
+def wsgi_cost(near: bool, n: int = 200_000) -> float:
+    """post_request as gunicorn calls it, minus the stock no-op hook gunicorn calls without memguard."""
+    guard, worker = _guard(near)
+
+    def stock(*args: Any) -> None:
+        return None
+
+    def calls(hook: Callable[..., None]) -> Callable[[int], None]:
+        def run(count: int) -> None:
+            for _ in range(count):
+                hook(worker, None, None, None)
+
+        return run
+
+    cost = _per_call(calls(hooks.post_request), n) - _per_call(calls(stock), n)
+    assert guard.retiring is None, "the guard retired during the measurement"
+    return cost
+
+
+def asgi_wrapper_cost(near: bool, n: int = 100_000) -> float:
+    """memguard's ASGI wrapper (uvicorn) around an app that only returns, minus the bare app."""
+    from gunicorn_memguard.workers.uvicorn import checked_after_each_request
+
+    guard, worker = _guard(near)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    wrapped = checked_after_each_request(app, worker)
+    scope = {"type": "http"}
+
+    def calls(asgi: Callable[..., Any]) -> Callable[[int], None]:
+        async def loop(count: int) -> None:
+            for _ in range(count):
+                await asgi(scope, None, None)
+
+        return lambda count: asyncio.run(loop(count))
+
+    cost = _per_call(calls(wrapped), n) - _per_call(calls(app), n)
+    assert guard.retiring is None, "the guard retired during the measurement"
+    return cost
+
+
+def in_process_table() -> str:
+    rows = [
+        "| class | path measured | far from the limits (ns) | near them, every request checked (ns) |",
+        "|---|---|---:|---:|",
+    ]
+    wsgi = (wsgi_cost(False), wsgi_cost(True))
+    asgi = (asgi_wrapper_cost(False), asgi_wrapper_cost(True))
+    for name in CLASSES:
+        far, near = asgi if name == "uvicorn" else wsgi
+        path = "ASGI wrapper + post_request" if name == "uvicorn" else "gunicorn's post_request hook"
+        rows.append(f"| {name} | {path} | {far:.0f} | {near:.0f} |")
+    return "\n".join(rows)
+
+
+# -- 2. served, pinned ----------------------------------------------------------------------------
+@dataclass
+class Pairs:
+    cls: str
+    ratio: list[float] = field(default_factory=list)  # memguard req/s ÷ stock req/s, per pair
+    p99: list[float] = field(default_factory=list)  # memguard p99 ÷ stock p99, per pair
+    stock_rps: list[float] = field(default_factory=list)
+
+
+def _wrk(port: int, seconds: float) -> tuple[float, float]:
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t", "1", "-c", "16", "-d", f"{seconds:g}s", "--latency", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True, timeout=seconds + 60,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", out, re.M).groups()  # type: ignore[union-attr]
+    return rps, float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
+
+
+def served(cls: str, memguard: bool, seconds: float, logs: Path) -> tuple[float, float]:
+    stock_args, memguard_args, app = CLASSES[cls]
+    env = {"MEMGUARD_MAX_MEMORY": LIMIT} if memguard else {}
+    log = logs / f"{cls}-{'memguard' if memguard else 'stock'}.log"
+    with Gunicorn(
+        [*(memguard_args if memguard else stock_args), app], env, log, workers=1, cwd=ROOT, cpus="0"
+    ) as server:
+        server.wait_ready()
+        _wrk(server.port, 1.0)  # warm up: connections, caches, the first checks
+        return _wrk(server.port, seconds)
+
+
+def pinned(classes: list[str], pairs: int, seconds: float, logs: Path) -> list[Pairs]:
+    results = []
+    for cls in classes:
+        got = Pairs(cls)
+        for pair in range(pairs):
+            order = (False, True) if pair % 2 == 0 else (True, False)
+            runs = {memguard: served(cls, memguard, seconds, logs) for memguard in order}
+            got.ratio.append(runs[True][0] / runs[False][0])
+            got.p99.append(runs[True][1] / runs[False][1])
+            got.stock_rps.append(runs[False][0])
+        results.append(got)
+    return results
+
+
+def _spread(values: list[float]) -> str:
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return f"{statistics.median(values):.3f} (IQR {q[0]:.3f}–{q[2]:.3f}; {min(values):.3f}–{max(values):.3f})"
+
+
+def pinned_table(results: list[Pairs], seconds: float) -> str:
+    rows = [
+        f"| class | throughput memguard ÷ stock, median (IQR; range) | p99 memguard ÷ stock, median (IQR; range) "
+        f"| stock req/s | pairs of {seconds:g} s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        stock = statistics.median(r.stock_rps)
+        rows.append(f"| {r.cls} | {_spread(r.ratio)} | {_spread(r.p99)} | {stock:.0f} | {len(r.ratio)} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
+    p.add_argument("--classes", default=",".join(CLASSES), help=f"comma-separated, from {', '.join(CLASSES)}")
+    p.add_argument("--pairs", type=int, default=10, help="alternating stock/memguard pairs per class (default 10)")
+    p.add_argument("--seconds", type=float, default=3.0, help="length of one measured run (default 3)")
+    p.add_argument("--no-served", action="store_true", help="only the in-process table")
+    a = p.parse_args(argv)
+    classes = [c for c in a.classes.split(",") if c]
+    unknown = [c for c in classes if c not in CLASSES]
+    if unknown:
+        raise SystemExit(f"--classes: unknown {', '.join(unknown)}; choose from {', '.join(CLASSES)}")
+    print("## memguard's cost per request, in-process (ns, best of 5 runs)\n")
+    print(in_process_table())
+    if a.no_served:
+        return 0
+    missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
+    if missing or (os.cpu_count() or 1) < 2:
+        raise SystemExit(
+            f"the served table needs wrk and taskset and 2 CPUs (missing: {', '.join(missing) or 'a CPU'})"
+        )
+    with tempfile.TemporaryDirectory(prefix="memguard-overhead-") as logs:
+        results = pinned(classes, a.pairs, a.seconds, Path(logs))
+    print(f"\n## Served: one worker on CPU 0, wrk -t1 -c16 on CPU 1, hello world, {a.pairs} alternating pairs\n")
+    print(pinned_table(results, a.seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -25,12 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from bench import run
 from bench.harness import ROOT, Gunicorn
 from gunicorn_memguard import hooks
 from gunicorn_memguard.master import runtime
@@ -38,38 +40,34 @@ from gunicorn_memguard.probes.memory import MemoryProbe
 from gunicorn_memguard.settings import Settings
 from gunicorn_memguard.worker.guard import Guard
 
-# stock gunicorn arguments, memguard's, and the app (bench/apps.py: "/" answers "ok")
-CLASSES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
-    "sync": (("-k", "sync"), ("-k", "gunicorn_memguard.workers.SyncWorker"), "bench.apps:wsgi"),
-    "gthread": (
-        ("-k", "gthread", "--threads", "4"),
-        ("-k", "gunicorn_memguard.workers.ThreadWorker", "--threads", "4"),
-        "bench.apps:wsgi",
-    ),
-    "gevent": (("-k", "gevent"), ("-k", "gunicorn_memguard.workers.GeventWorker"), "bench.apps:wsgi"),
-    "uvicorn": (
-        ("-k", "uvicorn_worker.UvicornWorker"),
-        ("-k", "gunicorn_memguard.workers.UvicornWorker"),
-        "bench.apps:asgi",
-    ),
-    "asgi": (("-k", "asgi"), ("-k", "gunicorn_memguard.workers.AsgiWorker"), "bench.apps:asgi"),
+# the recycling benchmark's worker classes (bench/apps.py: "/" answers "ok"), and gunicorn's asgi worker
+CLASSES = {
+    **run.CLASSES,
+    "asgi": run.WorkerClass(("-k", "asgi"), ("-k", "gunicorn_memguard.workers.AsgiWorker"), app="bench.apps:asgi"),
 }
 LIMIT = "1GiB"  # memguard's soft limit in the served runs: measured every request, never reached
 
 
 # -- 1. in-process ------------------------------------------------------------------------------
-def _guard(near: bool) -> tuple[Guard, SimpleNamespace]:
+@contextlib.contextmanager
+def _guard(near: bool) -> Iterator[tuple[Guard, SimpleNamespace]]:
+    """A guard on this process's real memory, installed as a worker's is (post_worker_init), with
+    the soft limit far away or within reach of one request (so every request is checked)."""
     worker = SimpleNamespace(nr=0, cfg=SimpleNamespace(graceful_timeout=30), log=None)
     log = SimpleNamespace(info=print, warning=print, error=print)
     uss = MemoryProbe().read("uss")
     limit = uss + 32 * 2**20 if near else 64 * 2**30
     settings = Settings(max_memory=limit, jitter=0.0, hard_max_memory=2**40)
     guard = Guard(worker, settings, lambda: None, log, None, None, start_thread=lambda target: None)
-    runtime._runtime = SimpleNamespace(guard=guard)  # type: ignore[assignment] # what post_worker_init sets
     guard.after_request()
     if near:  # the gate's step as if a request could take the whole headroom: each one is checked
         guard.gate.step = float(limit - uss)
-    return guard, worker
+    installed = runtime._runtime
+    runtime._runtime = SimpleNamespace(guard=guard)  # type: ignore[assignment]
+    try:
+        yield guard, worker
+    finally:
+        runtime._runtime = installed
 
 
 def _per_call(run: Callable[[int], None], n: int) -> float:
@@ -84,20 +82,21 @@ def _per_call(run: Callable[[int], None], n: int) -> float:
 
 def wsgi_cost(near: bool, n: int = 200_000) -> float:
     """post_request as gunicorn calls it, minus the stock no-op hook gunicorn calls without memguard."""
-    guard, worker = _guard(near)
 
     def stock(*args: Any) -> None:
         return None
 
-    def calls(hook: Callable[..., None]) -> Callable[[int], None]:
-        def run(count: int) -> None:
-            for _ in range(count):
-                hook(worker, None, None, None)
+    with _guard(near) as (guard, worker):
 
-        return run
+        def calls(hook: Callable[..., None]) -> Callable[[int], None]:
+            def run(count: int) -> None:
+                for _ in range(count):
+                    hook(worker, None, None, None)
 
-    cost = _per_call(calls(hooks.post_request), n) - _per_call(calls(stock), n)
-    assert guard.retiring is None, "the guard retired during the measurement"
+            return run
+
+        cost = _per_call(calls(hooks.post_request), n) - _per_call(calls(stock), n)
+        assert guard.retiring is None, "the guard retired during the measurement"
     return cost
 
 
@@ -105,13 +104,8 @@ def asgi_wrapper_cost(near: bool, n: int = 100_000) -> float:
     """memguard's ASGI wrapper (uvicorn) around an app that only returns, minus the bare app."""
     from gunicorn_memguard.workers.uvicorn import checked_after_each_request
 
-    guard, worker = _guard(near)
-
     async def app(scope: Any, receive: Any, send: Any) -> None:
         return None
-
-    wrapped = checked_after_each_request(app, worker)
-    scope = {"type": "http"}
 
     def calls(asgi: Callable[..., Any]) -> Callable[[int], None]:
         async def loop(count: int) -> None:
@@ -120,8 +114,10 @@ def asgi_wrapper_cost(near: bool, n: int = 100_000) -> float:
 
         return lambda count: asyncio.run(loop(count))
 
-    cost = _per_call(calls(wrapped), n) - _per_call(calls(app), n)
-    assert guard.retiring is None, "the guard retired during the measurement"
+    scope = {"type": "http"}
+    with _guard(near) as (guard, worker):
+        cost = _per_call(calls(checked_after_each_request(app, worker)), n) - _per_call(calls(app), n)
+        assert guard.retiring is None, "the guard retired during the measurement"
     return cost
 
 
@@ -136,6 +132,63 @@ def in_process_table() -> str:
         far, near = asgi if name == "uvicorn" else wsgi
         path = "ASGI wrapper + post_request" if name == "uvicorn" else "gunicorn's post_request hook"
         rows.append(f"| {name} | {path} | {far:.0f} | {near:.0f} |")
+    return "\n".join(rows)
+
+
+def _busy(seconds: float) -> float:
+    """Iterations per second of a CPU-bound pure-Python loop (it holds the GIL, like a busy worker)."""
+    count, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(1000):
+            count += 1
+    return count / seconds
+
+
+def _sampler(interval: float) -> tuple[Guard, list[Any]]:
+    """A guard with its real sampler thread waking every ``interval``, and that thread (psutil)."""
+    import psutil
+
+    before = {t.id for t in psutil.Process().threads()}
+    worker = SimpleNamespace(nr=0, cfg=SimpleNamespace(graceful_timeout=30), log=None)
+    log = SimpleNamespace(info=print, warning=print, error=print)
+    guard = Guard(worker, Settings(max_memory=64 * 2**30, check_interval=interval), lambda: None, log, None, None)
+    time.sleep(0.2)  # its first, exact reading
+    return guard, [t for t in psutil.Process().threads() if t.id not in before]
+
+
+def sampler_ratio(interval: float, seconds: float = 2.0, repeats: int = 5) -> float:
+    """The busy loop's rate with a sampler waking every ``interval`` ÷ without: median of alternating runs."""
+    ratios = []
+    for _ in range(repeats):
+        alone = _busy(seconds)
+        guard, _ = _sampler(interval)
+        ratios.append(_busy(seconds) / alone)
+        guard.worker_exited()  # stops the sampler
+    return statistics.median(ratios)
+
+
+def sampler_cpu_per_wake(interval: float = 0.01, seconds: float = 3.0) -> float:
+    """The sampler thread's own CPU per wake-up (µs), beside the busy loop; a short interval so the
+    kernel's 10 ms accounting ticks add up to a figure."""
+    import psutil
+
+    guard, threads = _sampler(interval)
+    cpu = sum(t.user_time + t.system_time for t in threads)
+    _busy(seconds)
+    now = {t.id: t for t in psutil.Process().threads()}
+    used = sum(now[t.id].user_time + now[t.id].system_time for t in threads if t.id in now) - cpu
+    guard.worker_exited()
+    return used / (seconds / interval) * 1e6
+
+
+def sampler_table() -> str:
+    rows = [
+        f"The sampler thread's CPU per wake-up: {sampler_cpu_per_wake():.0f} µs (measured waking every 10 ms).\n",
+        "| sampler wakes every | busy loop with it ÷ without, median of 5 |",
+        "|---|---:|",
+    ]
+    for interval, why in ((1.0, "1 s (MEMGUARD_CHECK_INTERVAL's default)"), (0.05, "50 ms (while a turn is near)")):
+        rows.append(f"| {why} | {sampler_ratio(interval):.4f} |")
     return "\n".join(rows)
 
 
@@ -159,12 +212,11 @@ def _wrk(port: int, seconds: float) -> tuple[float, float]:
 
 
 def served(cls: str, memguard: bool, seconds: float, logs: Path) -> tuple[float, float]:
-    stock_args, memguard_args, app = CLASSES[cls]
+    worker_class = CLASSES[cls]
     env = {"MEMGUARD_MAX_MEMORY": LIMIT} if memguard else {}
     log = logs / f"{cls}-{'memguard' if memguard else 'stock'}.log"
-    with Gunicorn(
-        [*(memguard_args if memguard else stock_args), app], env, log, workers=1, cwd=ROOT, cpus="0"
-    ) as server:
+    args = [*(worker_class.memguard if memguard else worker_class.stock), worker_class.app]
+    with Gunicorn(args, env, log, workers=1, cwd=ROOT, cpus="0") as server:
         server.wait_ready()
         _wrk(server.port, 1.0)  # warm up: connections, caches, the first checks
         return _wrk(server.port, seconds)
@@ -214,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--classes: unknown {', '.join(unknown)}; choose from {', '.join(CLASSES)}")
     print("## memguard's cost per request, in-process (ns, best of 5 runs)\n")
     print(in_process_table())
+    print("\n## The sampler thread beside a busy worker (it takes the GIL to wake)\n")
+    print(sampler_table())
     if a.no_served:
         return 0
     missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]

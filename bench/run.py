@@ -1,7 +1,7 @@
 """The benchmark: memguard against no recycling, --max-requests, uWSGI and Granian, on leaking apps.
 
     python -m bench.run            # everything
-    python -m bench.run --quick    # runs a third as long, 2 overhead repetitions
+    python -m bench.run --quick    # runs a third as long
     python -m bench.run --workloads leak-low,leak-high --classes sync --contenders max-requests,memguard
 
 Each run starts one server on 127.0.0.1 with 2 workers, drives paced load at it (``hey`` from
@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +76,7 @@ WORKLOADS = {
 @dataclass(frozen=True)
 class WorkerClass:
     stock: tuple[str, ...]  # gunicorn arguments for the stock class
-    memguard: tuple[str, ...]  # memguard's worker class of the same kind (the memguard rows and the overhead part)
+    memguard: tuple[str, ...]  # memguard's worker class of the same kind
     app: str = "bench.apps:wsgi"
 
 
@@ -647,78 +647,8 @@ def plot(runs: list[Run], folder: Path) -> list[Path]:
     return written
 
 
-# -- overhead -----------------------------------------------------------------------------------
-@dataclass
-class Overhead:
-    cls: str
-    ratios: list[float] = field(default_factory=list)  # memguard req/s ÷ stock req/s, per repetition
-    rps_stock: list[float] = field(default_factory=list)
-    p99: dict[str, list[float]] = field(default_factory=lambda: {"stock": [], "memguard": []})
-
-
-def measure_hello(cls: WorkerClass, variant: str, seconds: float, client: str, logs: Path) -> tuple[float, float]:
-    """(requests per second, p99 seconds) on the hello-world endpoint, closed loop."""
-    args = cls.memguard if variant == "memguard" else cls.stock
-    env = {"MEMGUARD_MAX_MEMORY": "1GiB"} if variant == "memguard" else {}  # measured, never reached
-    server = GunicornServer(Gunicorn([*args, cls.app], env, logs / f"hello-{variant}.log", workers=WORKERS, cwd=ROOT))
-    try:
-        server.wait_ready()
-        for _ in range(50):
-            _get(server.port, "/")
-        if client == "python":
-            r = load_python(server.port, Workload("/", rate=0, seconds=seconds, concurrency=8), seconds)
-            return len(r.ok) / r.wall, _pct(r.duration, 0.99)
-        out = subprocess.run(
-            ["wrk", "-t", "1", "-c", "16", "-d", f"{seconds:g}s", "--latency", f"http://127.0.0.1:{server.port}/"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=seconds + 60,
-        ).stdout
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-        value, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", out, re.M).groups()
-        return rps, float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
-    finally:
-        server.stop()
-
-
-def overhead(classes: list[str], reps: int, seconds: float, client: str, logs: Path) -> list[Overhead]:
-    results = []
-    for name in classes:
-        o = Overhead(name)
-        for rep in range(reps):
-            order = ("stock", "memguard") if rep % 2 == 0 else ("memguard", "stock")
-            got = {v: measure_hello(CLASSES[name], v, seconds, client, logs) for v in order}
-            o.ratios.append(got["memguard"][0] / got["stock"][0])
-            o.rps_stock.append(got["stock"][0])
-            for v in got:
-                o.p99[v].append(got[v][1])
-        results.append(o)
-    return results
-
-
-def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
-
-
-def overhead_table(results: list[Overhead]) -> str:
-    lines = [
-        "| class | throughput memguard ÷ stock, median (min–max) | p99 memguard ÷ stock, median (min–max) "
-        "| req/s stock | p99 ms stock | p99 ms memguard | reps |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for o in results:
-        p99 = [m / s for m, s in zip(o.p99["memguard"], o.p99["stock"], strict=False)]
-        lines.append(
-            f"| {o.cls} | {_spread(o.ratios)} | {_spread(p99)} | {statistics.median(o.rps_stock):.0f} "
-            f"| {_ms(statistics.median(o.p99['stock']))} | {_ms(statistics.median(o.p99['memguard']))} "
-            f"| {len(o.ratios)} |"
-        )
-    return "\n".join(lines)
-
-
 # -- command line -------------------------------------------------------------------------------
-def _names(value: str, known: dict[str, object], what: str) -> list[str]:
+def _names(value: str, known: Mapping[str, object], what: str) -> list[str]:
     names = [n for n in value.split(",") if n]
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -728,25 +658,22 @@ def _names(value: str, known: dict[str, object], what: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="runs a third as long, 2 overhead repetitions")
+    p.add_argument("--quick", action="store_true", help="runs a third as long")
     p.add_argument(
         "--workloads",
         default=",".join(WORKLOADS),
-        help=f"comma-separated, from {', '.join(WORKLOADS)} (empty: overhead only)",
+        help=f"comma-separated, from {', '.join(WORKLOADS)}",
     )
     p.add_argument("--classes", default=",".join(CLASSES), help=f"comma-separated, from {', '.join(CLASSES)}")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated, from {', '.join(CONTENDERS)}")
     p.add_argument("--ceiling", type=int, default=128, help="MiB of RSS per worker (default 128)")
     p.add_argument("--scale", type=float, help="multiply every run's duration (overrides --quick's)")
-    p.add_argument("--reps", type=int, help="overhead repetitions per class (default 5, --quick 2)")
-    p.add_argument("--overhead-seconds", type=float, default=5.0, help="length of one overhead run")
     p.add_argument(
         "--client",
         choices=("hey", "python"),
         default="hey",
         help="load generator for non-streaming runs; python needs no Debian package",
     )
-    p.add_argument("--no-overhead", action="store_true", help="skip the hello-world comparison")
     p.add_argument("--no-plot", action="store_true", help="no PNG timelines (no matplotlib needed)")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for results.md, the PNGs and the server logs")
     a = p.parse_args(argv)
@@ -754,11 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     classes = _names(a.classes, CLASSES, "classes")
     contenders = _names(a.contenders, CONTENDERS, "contenders")
     scale = a.scale if a.scale is not None else (0.35 if a.quick else 1.0)
-    reps = a.reps if a.reps is not None else (2 if a.quick else 5)
     if a.client == "hey" and not shutil.which("hey"):
         raise SystemExit("hey is not installed: apt-get install hey wrk, or pass --client python")
-    if not a.no_overhead and a.client == "hey" and not shutil.which("wrk"):
-        raise SystemExit("wrk is not installed: apt-get install hey wrk, or pass --client python")
     a.out.mkdir(parents=True, exist_ok=True)
     logs = a.out / "logs"
     logs.mkdir(exist_ok=True)
@@ -781,12 +705,6 @@ def main(argv: list[str] | None = None) -> int:
             f"\nOutside memory samples every {SAMPLE_EVERY * 1000:.0f} ms: gap between two p99 "
             f"{_pct(gaps, 0.99) * 1000:.0f} ms, longest {max(gaps, default=0) * 1000:.0f} ms.",
             "memguard's targets: " + ("all met." if not missed else "missed — " + "; ".join(missed) + "."),
-        ]
-    if not a.no_overhead:
-        print("... overhead", file=sys.stderr, flush=True)
-        report += [
-            "\n## Overhead on hello world\n",
-            overhead_table(overhead(classes, reps, a.overhead_seconds, a.client, logs)),
         ]
     report.append(
         f"\n{len(runs)} runs in {time.monotonic() - began:.0f} s, {os.cpu_count()} CPUs, "

@@ -182,8 +182,10 @@ def compose_into(cfg: Any) -> list[str]:
                 current.unannounced = False
                 composed.append(name)
             continue
-        cfg.set(name, Composed(current, ours))
-        if current is not cfg.settings[name].default:
+        if current is cfg.settings[name].default:
+            cfg.set(name, ours)  # gunicorn's own default does nothing: no composition to pay per call
+        else:
+            cfg.set(name, Composed(current, ours))
             composed.append(name)
     return composed
 

@@ -110,8 +110,8 @@ class GeventDrain:
     def _closing_when_retired(self, handle_request: Callable[..., Any]) -> Callable[..., Any]:
         worker = self.worker
 
-        def handle_request_then_close_if_retiring(*args: Any) -> Any:
-            handled = handle_request(*args)
+        def handle_request_then_close_if_retiring(listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+            handled = handle_request(listener_name, req, sock, addr)  # gunicorn 22-27's signature
             if not worker.alive:
                 raise StopIteration  # the worker's connection loop closes the connection
             return handled

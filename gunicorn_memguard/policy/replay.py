@@ -25,7 +25,7 @@ from itertools import pairwise
 
 from . import breaker
 from .verdict import Sample
-from .worker import Growth, WorkerPolicy, build_policy
+from .worker import Growth, build_policy
 
 MAX_REQUESTS = "max_requests"  # the reason gunicorn's --max-requests would give
 
@@ -117,17 +117,14 @@ class _Worker:
 
     def __init__(self, candidate: Candidate, born: float, rng: random.Random, factor: float | None) -> None:
         self.born = born
-        self.policy: WorkerPolicy | None = None
-        self.limit: int | None = None
-        if candidate.soft is not None or candidate.hard is not None:
-            self.policy, self.limit = build_policy(
-                metric=candidate.metric, soft=candidate.soft, hard=candidate.hard, jitter=candidate.jitter,
-                min_lifetime=candidate.min_lifetime, born=born, rng=rng, growth=candidate.growth,
-            )  # fmt: skip
-            if factor is not None and candidate.soft is not None:
-                # the recorded worker's own draw, so candidates differ by their settings, not by luck
-                self.limit = int(candidate.soft * factor)
-                self.policy.retarget(self.limit, None)
+        self.policy, self.limit = build_policy(
+            metric=candidate.metric, soft=candidate.soft, hard=candidate.hard, jitter=candidate.jitter,
+            min_lifetime=candidate.min_lifetime, born=born, rng=rng, growth=candidate.growth,
+        )  # fmt: skip
+        if factor is not None and candidate.soft is not None:
+            # the recorded worker's own draw, so candidates differ by their settings, not by luck
+            self.limit = int(candidate.soft * factor)
+            self.policy.retarget(self.limit, None)
         self.baseline = 0
         self.growth_at_start = 0
         self.requests_at_start = 0
@@ -193,10 +190,9 @@ def replay(
 
 
 def _reason(worker: _Worker, candidate: Candidate, sample: Sample, requests: int) -> str | None:
-    if worker.policy is not None:
-        verdict = worker.policy.judge(sample)
-        if verdict.retires:
-            return verdict.reason
+    verdict = worker.policy.judge(sample)
+    if verdict.retires:
+        return verdict.reason
     if candidate.max_requests is not None and requests - worker.requests_at_start >= candidate.max_requests:
         return MAX_REQUESTS
     return None

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gunicorn_memguard.cli import main
+from gunicorn_memguard.policy import Growth
 from gunicorn_memguard.policy.replay import Candidate, Lifetime, Point, replay
 from gunicorn_memguard.report.replay import candidate, settings_with
 from gunicorn_memguard.report.summary import summary
@@ -164,3 +165,15 @@ def test_a_torn_line_is_skipped_and_counted(tmp_path):
     trace = read_trace(str(path))
     assert trace.skipped == 1
     assert "1 unreadable line(s) skipped" in summary(trace, "events.jsonl")
+
+
+def test_a_growth_limit_retires_a_slow_leak_after_grace_and_window():
+    # a sample every 10 s for 4 h, growing 40 MiB/h against a 30 MiB/h limit (window 90 m, grace 10 m,
+    # one evaluation every 30 s): the first full window ends at 600 + 5400 = 6000 s, and three evaluations
+    # in a row must agree (by 6000 + 3 x 30 s, one more interval for where the buckets fall)
+    per_sample = 40 * MiB * 10 // 3600
+    points = tuple(Point(10.0 * i, 100 * MiB + i * per_sample, i) for i in range(4 * 360))
+    growth = Growth(max_rate=30 * MiB / 3600, window=5400.0, grace=600.0, interval=30.0)
+    outcome = replay([Lifetime(1, 0.0, points)], Candidate("growth", growth=growth), workers=1)
+    first, reason = outcome.retirements[0]
+    assert reason == "growth_rate" and 6000 <= first <= 6120, outcome.retirements

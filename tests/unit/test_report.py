@@ -100,8 +100,10 @@ def test_replay_of_a_day_reproduces_it_and_ranks_other_limits(day, capsys):
     assert more.peak < 131 * MiB < same.peak <= 151 * MiB
 
 
-def test_a_percentage_candidate_is_resolved_as_the_master_resolved_the_run(day):
-    trace = read_trace(str(day[0]))
+def test_a_percentage_candidate_is_resolved_as_the_master_resolved_the_run(tmp_path):
+    path = tmp_path / "events.jsonl"
+    leaking_fleet(path, hours=0.1)  # the master resolved for 16 workers, 64 GiB, a 50 MiB master
+    trace = read_trace(str(path))
     limits = trace.limits()
     assert limits is not None
     half = candidate("half", settings_with({}, {"MEMGUARD_MAX_MEMORY": "50%"}), limits)

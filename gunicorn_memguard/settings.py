@@ -396,6 +396,25 @@ def _below(a: int | Share, b: int | Share) -> bool:
     return a < b  # type: ignore[operator]
 
 
+def _given(
+    env: Mapping[str, str], config: Mapping[str, object], config_name: str
+) -> list[tuple[Setting[Any], object, str]]:
+    """Each setting that was given, its raw value and where it came from: the environment wins."""
+    given: list[tuple[Setting[Any], object, str]] = []
+    for setting in SETTINGS:
+        if env.get(setting.env, "").strip():
+            given.append((setting, env[setting.env], f"env {setting.env}"))
+        elif config.get(setting.config) is not None:
+            given.append((setting, config[setting.config], f"{setting.config} in {config_name}"))
+    return given
+
+
+def given_text(env: Mapping[str, str], config: Mapping[str, object]) -> dict[str, str]:
+    """The settings given, by env name, as written: the event log's ``config`` event records them so
+    that ``memguard replay`` parses the very same values again."""
+    return {setting.env: str(raw).strip() for setting, raw, _ in _given(env, config, "config")}
+
+
 def load_settings(env: Mapping[str, str], config: Mapping[str, object], config_name: str = "config") -> Settings:
     """Build the settings or raise `SettingsError` listing every bad value."""
     problems: list[str] = []
@@ -411,14 +430,7 @@ def load_settings(env: Mapping[str, str], config: Mapping[str, object], config_n
         if key not in config_names:
             problems.append(f"unknown setting {key} (in {config_name}){_unknown(key, config_names)}")
 
-    for setting in SETTINGS:
-        raw: object
-        if env.get(setting.env, "").strip():
-            raw, origin = env[setting.env], f"env {setting.env}"
-        elif config.get(setting.config) is not None:
-            raw, origin = config[setting.config], f"{setting.config} in {config_name}"
-        else:
-            continue
+    for setting, raw, origin in _given(env, config, config_name):
         try:
             values[setting.name] = setting.parse(raw)
             sources[setting.name] = origin

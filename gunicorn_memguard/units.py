@@ -163,6 +163,14 @@ def format_size(size: float) -> str:
     return f"{int(size)} B"
 
 
+def span(seconds: float) -> str:
+    """A measured length of time, to one decimal in the largest unit that fits: ``1.2h``, ``3.5m``, ``0.4s``."""
+    for unit, factor in (("h", 3600.0), ("m", 60.0)):
+        if seconds >= factor:
+            return f"{seconds / factor:.1f}{unit}"
+    return f"{seconds:.1f}s"
+
+
 def format_duration(seconds: float) -> str:
     if math.isinf(seconds):
         return "never"

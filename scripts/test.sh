@@ -17,9 +17,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-EXTRAS='.[test,gevent,uvicorn,prometheus,examples]'
+EXTRAS='.[test,gevent,uvicorn,prometheus,examples,plot]'
 # the newest's venv also runs the lint stage, which builds the docs site (the docs extra: mkdocs-material)
-NEWEST_EXTRAS='.[test,gevent,uvicorn,prometheus,examples,docs]'
+NEWEST_EXTRAS='.[test,gevent,uvicorn,prometheus,examples,docs,plot]'
 # the newest release of each supported major on PyPI (pip index versions gunicorn), newest first
 NEWEST=27.0.1
 OLDER=(26.2.0 25.3.0 24.1.1 23.0.0 22.0.0)

@@ -10,9 +10,11 @@ from collections.abc import Sequence
 
 from .. import __version__
 from . import check as check_command
+from . import replay as replay_command
+from . import report as report_command
 from .check import check
 
-COMMANDS = (check_command,)
+COMMANDS = (check_command, report_command, replay_command)
 
 __all__ = ["check", "main"]
 

@@ -3,11 +3,13 @@ count, and shared with the workers (``shared/limits.py``)."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from ..policy.percentages import resolve
 from ..probes.cgroup import ContainerMemory, read_container_memory, reread_limit
 from ..probes.memory import own_rss
+from ..report.telemetry import Telemetry
 from ..units import format_size
 
 if TYPE_CHECKING:
@@ -66,6 +68,10 @@ def _resolve(runtime: Runtime, server: Any, why: str) -> None:
     shared.set_limits(resolved.soft, resolved.hard)
     budget = runtime.coordinator.room.total_budget if runtime.coordinator is not None else None
     shared.set_memory(container.limit, budget)
+    Telemetry(runtime.events, server.log, server.cfg).limits(
+        pid=os.getpid(), soft=resolved.soft, hard=resolved.hard, workers=runtime.workers,
+        available=container.available, master=runtime.master_rss,
+    )  # fmt: skip
     if resolved.how:
         server.log.info("%s%s", resolved.how, why)
         if resolved.soft and resolved.hard and resolved.hard < resolved.soft:

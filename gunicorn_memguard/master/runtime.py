@@ -16,13 +16,15 @@ import time
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from .. import __version__
 from ..policy.breaker import BASELINE_RATIO, RetirementRate
 from ..probes.cgroup import ContainerMemory, find_memory_cgroup
 from ..probes.memory import process_pss
 from ..report.eventlog import EventLog
 from ..report.lines import Death
 from ..report.tally import Tally
-from ..settings import Settings, SettingsError, config_namespace, load_settings
+from ..report.telemetry import Telemetry
+from ..settings import Settings, SettingsError, config_namespace, given_text, load_settings
 from ..shared.limits import SharedLimits
 from ..shared.scoreboard import SLOT_ATTR, Scoreboard
 from ..units import format_count_rate, format_duration, format_rate, format_size, format_size_or_share
@@ -155,6 +157,7 @@ def install(cfg: Any, log: Any, server: Any = None) -> Runtime:
         _runtime = Runtime(settings, events)
         if settings.enabled:
             _announce(settings, cfg, log)
+            _record_config(_runtime, cfg, log)
     return _runtime
 
 
@@ -187,6 +190,14 @@ def _open_outputs(settings: Settings) -> EventLog | None:
         raise SettingsError(
             [f"MEMGUARD_EVENT_LOG={settings.event_log!r} cannot be opened for appending: {exc.strerror}"]
         ) from None
+
+
+def _record_config(runtime: Runtime, cfg: Any, log: Any) -> None:
+    """The settings as given, once, to the event log: ``memguard replay`` starts from them."""
+    namespace, _ = config_namespace(getattr(cfg, "config", None), run=False)
+    Telemetry(runtime.events, log, cfg).config(
+        pid=os.getpid(), settings=given_text(os.environ, namespace), version=__version__
+    )
 
 
 def _announce(settings: Settings, cfg: Any, log: Any) -> None:

@@ -9,7 +9,13 @@ recovery once (see ``EventLog``). Rotate the file with copytruncate (``O_APPEND`
 Schema (version 1, the ``v`` field; fields are only ever added within a version):
 
 - every event: ``v``, ``ts`` (Unix time, seconds), ``event``, ``pid``
-- ``sample`` (each worker, every ``MEMGUARD_REPORT_INTERVAL``): ``worker``, ``age``, ``requests``,
+- ``config`` (the master, once at start): ``settings`` (each ``MEMGUARD_*`` setting that was given,
+  by env name, as written: ``memguard replay`` parses them again), ``version`` (memguard's)
+- ``limits`` (the master, before the first fork and each time it resolves the per-worker limits
+  again): ``soft``, ``hard`` (bytes per worker, before jitter, or null), ``workers``,
+  ``available`` (the container's memory, bytes), ``master`` (the master's RSS, bytes)
+- ``sample`` (each worker, every ``MEMGUARD_REPORT_INTERVAL``; ``ts`` minus ``age`` dates its
+  boot): ``worker``, ``age``, ``requests``,
   ``metric``, ``value`` (bytes, read exactly), ``rss``, ``limit`` (null if none), ``growth`` (the
   memory floor's rate in bytes/s with ``MEMGUARD_MAX_GROWTH``, or null)
 - ``reclaim`` (the worker, each reclaim before retiring): ``worker``, ``before``, ``after``,

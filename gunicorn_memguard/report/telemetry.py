@@ -135,6 +135,14 @@ class Telemetry:
         )
         self.statsd.count(f"memguard.{'would_retire' if dry_run else 'retirements'}.{reason}")
 
+    def config(self, *, pid: int, settings: dict[str, str], version: str) -> None:
+        self._event("config", pid, settings=settings, version=version)
+
+    def limits(
+        self, *, pid: int, soft: int | None, hard: int | None, workers: int, available: int, master: int
+    ) -> None:
+        self._event("limits", pid, soft=soft, hard=hard, workers=workers, available=available, master=master)
+
     def exit(self, *, pid: int, worker: int | None, outcome: str, **fields: Any) -> None:
         self._event("exit", pid, worker=worker, outcome=outcome, **fields)
         self.statsd.count(f"memguard.exits.{outcome}")

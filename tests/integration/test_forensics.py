@@ -12,6 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bench.harness import Gunicorn, poll
@@ -99,3 +100,39 @@ def test_the_cost_benchmark_runs_and_prints_its_tables(capsys):
     assert all(float(r[2].replace(",", "")) > 0 for r in rows), rows
     blocks = next(line for line in out.splitlines() if line.startswith("| 1,000 |"))
     assert int(blocks.split("|")[3].split()[0]) > 0, blocks  # tracemalloc's bytes per live block
+
+
+def test_one_worker_traces_at_a_time_and_a_killed_ones_slot_goes_to_the_next(tmp_path):
+    """MEMGUARD_TRACE_WORKERS=1 of two workers past their threshold: one traces, the other says it is
+    not; once the tracing one is SIGKILLed (no exit path of its own runs), the other takes its slot."""
+    args, app = CLASSES["sync"]
+    idle = measure_idle(args, app, gc_path="/").uss
+    limit = idle + 256 * MiB  # never reached: the threshold is what this test is about
+    env = {
+        "MEMGUARD_MAX_MEMORY": f"{limit}B",
+        "MEMGUARD_CHECK_INTERVAL": "100ms",
+        "MEMGUARD_TRACE_ALLOCATIONS": f"{100 * (idle + 4 * MiB) / limit:.2f}%",
+        "MEMGUARD_TRACE_WORKERS": "1",
+    }
+    with Gunicorn([*args, app], env, tmp_path / "g.log", workers=2) as server:
+        server.wait_ready()
+        pids = server.worker_pids()
+
+        def said(pid: int, what: str) -> bool:
+            return any(what in line for line in server.log_lines(f"worker pid={pid} passed "))
+
+        def both_past() -> bool:
+            if all(said(pid, "of its limit") for pid in pids):
+                return True
+            server.get(f"/leak?kib={LEAK_KIB}")  # either worker may take it: until both passed
+            return False
+
+        # each worker passes its threshold 16 leaking requests after idle
+        poll(both_past, 60, interval=0, what="both workers to pass their threshold")
+        traced = [pid for pid in pids if said(pid, "tracing allocations")]
+        assert len(traced) == 1, server.log()
+        (waiting,) = pids - set(traced)
+        assert said(waiting, "is not traced") and not said(waiting, "tracing allocations")
+        psutil.Process(traced[0]).kill()
+        # it tries again every second while it serves: a request or its 100 ms timer check
+        poll(lambda: said(waiting, "tracing allocations"), 10, what=f"worker {waiting} to take the freed slot")

@@ -17,6 +17,7 @@ memguard_check_interval = "1s"
 memguard_dry_run = False  # True first, to tune the limits on real traffic
 # memguard_event_log = "/var/log/memguard.jsonl"
 # memguard_prometheus_port = 9300  # metrics at http://127.0.0.1:9300/metrics (extra "prometheus")
+# memguard_trace_allocations = "80%"  # past 80% of its limit a worker traces, and names its leak at retirement
 # coordination in the master
 memguard_max_concurrent_retirements = 1
 memguard_spawn_first = True

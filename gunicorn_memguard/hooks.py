@@ -111,6 +111,7 @@ def post_worker_init(worker: Any) -> None:
         telemetry=Telemetry(inherited.events, worker.log, worker.cfg),
         shared=inherited.shared,
         coordinated=inherited.coordinated,
+        tracing=inherited.tracing,
     )
 
 
@@ -136,6 +137,7 @@ def worker_exit(server: Any, worker: Any) -> None:
     guard = _guard()
     if guard is not None:
         guard.worker_exited()
+        guard.forensics.finish()  # a report of its allocation sites under way ends first
         # last of gunicorn's exit path (the user's worker_exit ran first): skip the teardown that
         # would unshare the inherited heap (worker/leave.py); a dry run changes nothing
         if guard.settings.fast_exit and not guard.settings.dry_run and leave.leaving_gracefully():

@@ -61,6 +61,9 @@ PORT_FORM = "a TCP port number from 1 to 65535 (e.g. 9300)"
 ADDRESS_FORM = "an IP address (e.g. 127.0.0.1, 0.0.0.0 or ::1)"
 PATH_FORM = "a file path, as a string (e.g. /var/log/memguard.jsonl)"
 WORKERS_FORM = f"a whole number of workers from 1 to {MAX_COUNT} (e.g. 1)"
+TRACE_FORM = "`off`, or a percentage of the worker's limit above 0% and below 100% (e.g. 80%)"
+MAX_TRACE_FRAMES = 100
+FRAMES_FORM = f"a whole number of frames from 1 to {MAX_TRACE_FRAMES} (e.g. 5)"
 
 T = TypeVar("T")
 
@@ -102,6 +105,26 @@ def _parse_port(value: object) -> int:
 
 def _parse_workers(value: object) -> int:
     return parse_whole(value, WORKERS_FORM, 1, MAX_COUNT)
+
+
+def _parse_trace(value: object) -> float | None:
+    if isinstance(value, str) and value.strip().lower() in ("off", "no"):
+        return None
+    try:
+        share = parse_percent(value)
+    except ValueError:
+        raise ValueError(f"expected {TRACE_FORM}") from None
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"expected {TRACE_FORM}")
+    return share
+
+
+def _show_trace(share: float | None) -> str:
+    return "off" if share is None else format_percent(share)
+
+
+def _parse_frames(value: object) -> int:
+    return parse_whole(value, FRAMES_FORM, 1, MAX_TRACE_FRAMES)
 
 
 def _parse_address(value: object) -> str:
@@ -313,6 +336,28 @@ class Settings:
         "a worker exiting with status 0 runs its atexit callbacks, then skips the interpreter's teardown, "
         "which turns pages shared with the master private ([Worth knowing](how-it-works.md#worth-knowing))",
         format_bool,
+    )
+    # leak forensics
+    trace_allocations: Setting[float | None] = Setting(
+        _parse_trace,
+        "off",
+        TRACE_FORM,
+        "past this share of its limit (its soft limit, else its ceiling) a worker traces its allocations with "
+        "`tracemalloc`, and logs the top sites when it retires ([Leak forensics](forensics.md))",
+        _show_trace,
+    )
+    trace_workers = Setting(
+        _parse_workers,
+        "1",
+        WORKERS_FORM,
+        "at most this many workers trace their allocations at once (tracing slows a worker several-fold)",
+    )
+    trace_frames = Setting(
+        _parse_frames,
+        "5",
+        FRAMES_FORM,
+        "frames of each allocation's traceback kept: enough to reach the app's line below its libraries; each "
+        "frame adds to tracing's cost ([the cost](forensics.md#what-it-costs))",
     )
     # coordination in the master
     max_concurrent_retirements = Setting(

@@ -27,6 +27,7 @@ from ..report.telemetry import Telemetry
 from ..settings import Settings, SettingsError, config_namespace, given_text, load_settings
 from ..shared.limits import SharedLimits
 from ..shared.scoreboard import SLOT_ATTR, Scoreboard
+from ..shared.tracing import TraceSlots
 from ..units import format_count_rate, format_duration, format_rate, format_size, format_size_or_share
 from . import arbiter, limits
 from .coordinator import Coordinator
@@ -45,6 +46,7 @@ class Runtime:
         self.scoreboard = Scoreboard() if enabled else None
         self.shared = SharedLimits() if enabled else None
         self.oom = OomWatch(find_memory_cgroup()) if enabled else None
+        self.tracing = _trace_slots(settings) if enabled and settings.trace_allocations is not None else None
         rate = settings.max_retirements
         self.rate = RetirementRate(*rate) if enabled and rate is not None else None
         self.rate_warned_until = 0.0  # the retirement-rate warning is said at most once per window
@@ -129,6 +131,14 @@ class Runtime:
             others = sum(view.allowance for index, view in self.scoreboard.occupied() if index != slot)
             self.scoreboard.set_allowance(slot, self.coordinator.room.fresh_share(self.coordinator.wanted(), others))
         setattr(worker, SLOT_ATTR, slot)
+
+
+def _trace_slots(settings: Settings) -> TraceSlots | None:
+    """The bound on tracing workers; without it (no ``memfd_create``) each worker says it is not traced."""
+    try:
+        return TraceSlots(settings.trace_workers)
+    except OSError:
+        return None
 
 
 _runtime: Runtime | None = None

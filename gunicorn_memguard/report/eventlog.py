@@ -24,6 +24,13 @@ Schema (version 1, the ``v`` field; fields are only ever added within a version)
   ``rate``), ``detail``
 - ``retire`` and ``would_retire`` (dry run, once per worker per reason): ``worker``, ``age``,
   ``requests``, ``metric``, ``value``, ``limit``, ``reason``, ``detail``
+- ``allocations`` (a worker traced by ``MEMGUARD_TRACE_ALLOCATIONS``, once, when it retires):
+  ``worker``, ``share`` (the threshold, a fraction of ``limit``), ``limit`` (its soft limit, or its
+  ceiling), ``start`` (the reading when tracing began), ``since`` (seconds traced), ``traced`` and
+  ``blocks`` (bytes and blocks allocated since then and still held), ``overhead`` (tracemalloc's own
+  bytes), ``took`` (seconds, the report), ``frames``, ``sites`` (largest first: ``file``, ``line``
+  of the app's innermost frame, ``size``, ``count``, ``origin``: ``"file:line"`` of the allocation
+  when it is in a library below the app's line, else null)
 - ``exit`` (the master, once per worker it reaps): ``worker``, ``outcome``, ``reason`` (of the
   retirement, or null), ``drain`` (seconds, or null), ``age``, ``requests``, ``value``, ``rss``
   (last known), ``signal`` (name of the signal that ended it, or null), ``code`` (its exit

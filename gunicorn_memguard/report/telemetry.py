@@ -103,6 +103,38 @@ class Telemetry:
         )
         self.statsd.count("memguard.reclaimed", max(before - after, 0))
 
+    def allocations(
+        self,
+        *,
+        pid: int,
+        worker: int | None,
+        share: float,
+        limit: int,
+        start: int,
+        since: float,
+        traced: int,
+        blocks: int,
+        overhead: int,
+        took: float,
+        frames: int,
+        sites: list[dict[str, Any]],
+    ) -> None:
+        self._event(
+            "allocations",
+            pid,
+            worker=worker,
+            share=share,
+            limit=limit,
+            start=start,
+            since=round(since, 3),
+            traced=traced,
+            blocks=blocks,
+            overhead=overhead,
+            took=round(took, 4),
+            frames=frames,
+            sites=sites,
+        )
+
     def breaker_trip(self, *, pid: int, why: str, detail: str) -> None:
         self._event("breaker_trip", pid, why=why, detail=detail)
         self.statsd.count("memguard.breaker.trips")

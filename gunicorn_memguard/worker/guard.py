@@ -26,9 +26,11 @@ from ..report.telemetry import Telemetry
 from ..settings import Settings
 from ..shared.limits import SharedLimits
 from ..shared.scoreboard import Scoreboard
+from ..shared.tracing import TraceSlots
 from . import native
 from .crashloop import CrashLoop
 from .drain import Drain
+from .forensics import Forensics
 from .gate import RequestGate
 from .limits import WorkerLimits
 from .publish import Publisher
@@ -64,6 +66,7 @@ class Guard:
         telemetry: Telemetry | None = None,
         shared: SharedLimits | None = None,
         coordinated: bool = False,
+        tracing: TraceSlots | None = None,
         start_thread: StartThread = start_os_thread,
     ) -> None:
         self.worker = worker
@@ -81,6 +84,7 @@ class Guard:
         self.publisher = Publisher(scoreboard, slot, telemetry, log, settings.metric)
         self.crash_loop = CrashLoop(shared, settings.metric, log, self.publisher.breaker_trip)
         self.drain = Drain(worker, retire, log, scoreboard, slot)
+        self.forensics = Forensics(settings, tracing, log, self.publisher)
         self.turns: Turns | None = None  # with a coordinator in the master, soft retirements wait their turn
         # a dry run takes no turns and asks for no spare: it only reports
         if coordinated and not settings.dry_run and scoreboard is not None and slot is not None:
@@ -180,6 +184,7 @@ class Guard:
             self._sync_shared_limits()
         self.limits.sync_allowance()
         sample = self.reader.sample(now, self.policy, from_timer, want_exact=self.crash_loop.baseline is None)
+        self.forensics.observe(self.reader.estimate(), self.policy.soft or self.policy.ceiling)
         if sample is None:
             return KEEP, Step.KEEP  # far enough from the limits; the next exact read comes soon
         self.forecast.add(now, sample.value)
@@ -265,6 +270,9 @@ class Guard:
     def _start_retirement(self, verdict: Verdict) -> None:
         age, requests = self.drain.started - self.born, self.requests
         self.drain.start(lambda: self.publisher.retirement(verdict, age, requests, dry_run=False))
+        ceiling = self.policy.ceiling
+        room = None if ceiling is None else ceiling - verdict.value
+        self.forensics.retiring(room)  # after the drain began: its report never delays the retirement
         if self.turns is not None:
             self.turns.wake_master()  # it counts against the budget from now, and its replacement is due
 

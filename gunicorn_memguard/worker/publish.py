@@ -7,13 +7,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..policy import Sample, Verdict
 from ..report.lines import retirement_line
 from ..report.telemetry import Telemetry
 from ..shared.scoreboard import Scoreboard, encode_reasons
 from .reading import Reader
+
+if TYPE_CHECKING:
+    from .forensics import Report
 
 
 class Publisher:
@@ -86,6 +89,19 @@ class Publisher:
         if self.scoreboard is not None and self.slot is not None and after < before:
             self.scoreboard.add_reclaimed(self.slot, before - after)
         self.tell(lambda t: t.reclaim(pid=self.pid, worker=self.slot, before=before, after=after, took=took, how=how))
+
+    def allocations(self, report: Report) -> None:
+        """Leak forensics at retirement: the top allocation sites, as an event."""
+        sites = [
+            {"file": s.file, "line": s.line, "size": s.size, "count": s.count, "origin": s.origin} for s in report.sites
+        ]
+        self.tell(
+            lambda t: t.allocations(
+                pid=self.pid, worker=self.slot, share=report.share, limit=report.limit, start=report.start,
+                since=report.since, traced=report.traced, blocks=report.blocks, overhead=report.overhead,
+                took=report.took, frames=report.frames, sites=sites,
+            )
+        )  # fmt: skip
 
     def breaker_trip(self, detail: str) -> None:
         self.tell(lambda t: t.breaker_trip(pid=self.pid, why="baseline", detail=detail))

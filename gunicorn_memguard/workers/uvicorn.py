@@ -55,16 +55,19 @@ ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
 def checked_after_each_request(app: ASGIApp, worker: Any) -> ASGIApp:
-    """Count and check memory after every HTTP request or WebSocket session, streams included."""
+    """Count and check memory after every HTTP request or WebSocket session, streams included.
+    On every request's path: the hook is bound once, and an ASGI scope is http, websocket or
+    lifespan."""
+    check = hooks.post_request  # memguard's own; never raises
 
     async def app_with_memguard(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            return await app(scope, receive, send)  # lifespan
+        if scope["type"] == "lifespan":
+            return await app(scope, receive, send)
         try:
             await app(scope, receive, send)
         finally:
             worker.nr += 1
-            hooks.post_request(worker, None, None, None)  # memguard's own; never raises
+            check(worker, None, None, None)
 
     return app_with_memguard
 

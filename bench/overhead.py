@@ -32,6 +32,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import psutil
+
 from bench import run
 from bench.harness import ROOT, Gunicorn
 from gunicorn_memguard import hooks
@@ -146,8 +148,6 @@ def _busy(seconds: float) -> float:
 
 def _sampler(interval: float) -> tuple[Guard, list[Any]]:
     """A guard with its real sampler thread waking every ``interval``, and that thread (psutil)."""
-    import psutil
-
     before = {t.id for t in psutil.Process().threads()}
     worker = SimpleNamespace(nr=0, cfg=SimpleNamespace(graceful_timeout=30), log=None)
     log = SimpleNamespace(info=print, warning=print, error=print)
@@ -170,8 +170,6 @@ def sampler_ratio(interval: float, seconds: float = 2.0, repeats: int = 5) -> fl
 def sampler_cpu_per_wake(interval: float = 0.01, seconds: float = 3.0) -> float:
     """The sampler thread's own CPU per wake-up (µs), beside the busy loop; a short interval so the
     kernel's 10 ms accounting ticks add up to a figure."""
-    import psutil
-
     guard, threads = _sampler(interval)
     cpu = sum(t.user_time + t.system_time for t in threads)
     _busy(seconds)
@@ -198,40 +196,73 @@ class Pairs:
     cls: str
     ratio: list[float] = field(default_factory=list)  # memguard req/s ÷ stock req/s, per pair
     p99: list[float] = field(default_factory=list)  # memguard p99 ÷ stock p99, per pair
+    cpu: list[float] = field(default_factory=list)  # memguard ÷ stock worker CPU time per request, per pair
     stock_rps: list[float] = field(default_factory=list)
 
 
-def _wrk(port: int, seconds: float) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Served:
+    rps: float
+    p99: float  # seconds
+    cpu_per_request: float  # the worker's CPU seconds (user + system) per request served
+
+
+def _wrk(port: int, seconds: float) -> tuple[float, float, int]:
+    """(requests per second, p99 seconds, requests) of one wrk run pinned to CPU 1."""
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t", "1", "-c", "16", "-d", f"{seconds:g}s", "--latency", f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, check=True, timeout=seconds + 60,
     ).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", out, re.M).groups()  # type: ignore[union-attr]
-    return rps, float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return rps, float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit], requests
 
 
-def served(cls: str, memguard: bool, seconds: float, logs: Path) -> tuple[float, float]:
-    worker_class = CLASSES[cls]
-    env = {"MEMGUARD_MAX_MEMORY": LIMIT} if memguard else {}
-    log = logs / f"{cls}-{'memguard' if memguard else 'stock'}.log"
-    args = [*(worker_class.memguard if memguard else worker_class.stock), worker_class.app]
-    with Gunicorn(args, env, log, workers=1, cwd=ROOT, cpus="0") as server:
-        server.wait_ready()
-        _wrk(server.port, 1.0)  # warm up: connections, caches, the first checks
-        return _wrk(server.port, seconds)
+def _cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+class Server:
+    """One gunicorn with one worker pinned to CPU 0, kept up for all of a class's pairs (a boot per
+    run would measure boots; the idle one of the two costs the other nothing)."""
+
+    def __init__(self, cls: str, memguard: bool, logs: Path) -> None:
+        worker_class = CLASSES[cls]
+        env = {"MEMGUARD_MAX_MEMORY": LIMIT} if memguard else {}
+        args = [*(worker_class.memguard if memguard else worker_class.stock), worker_class.app]
+        log = logs / f"{cls}-{'memguard' if memguard else 'stock'}.log"
+        self.gunicorn = Gunicorn(args, env, log, workers=1, cwd=ROOT, cpus="0")
+        self.gunicorn.wait_ready()
+        (self.worker,) = self.gunicorn.worker_pids()
+        _wrk(self.gunicorn.port, 1.0)  # warm up: connections, caches, the first checks
+
+    def measure(self, seconds: float) -> Served:
+        cpu = _cpu_seconds(self.worker)
+        rps, p99, requests = _wrk(self.gunicorn.port, seconds)
+        return Served(rps, p99, (_cpu_seconds(self.worker) - cpu) / max(requests, 1))
+
+    def close(self) -> None:
+        self.gunicorn.stop()
 
 
 def pinned(classes: list[str], pairs: int, seconds: float, logs: Path) -> list[Pairs]:
     results = []
     for cls in classes:
         got = Pairs(cls)
-        for pair in range(pairs):
-            order = (False, True) if pair % 2 == 0 else (True, False)
-            runs = {memguard: served(cls, memguard, seconds, logs) for memguard in order}
-            got.ratio.append(runs[True][0] / runs[False][0])
-            got.p99.append(runs[True][1] / runs[False][1])
-            got.stock_rps.append(runs[False][0])
+        servers = {memguard: Server(cls, memguard, logs) for memguard in (False, True)}
+        try:
+            for pair in range(pairs):
+                order = (False, True) if pair % 2 == 0 else (True, False)
+                runs = {memguard: servers[memguard].measure(seconds) for memguard in order}
+                got.ratio.append(runs[True].rps / runs[False].rps)
+                got.p99.append(runs[True].p99 / runs[False].p99)
+                got.cpu.append(runs[True].cpu_per_request / runs[False].cpu_per_request)
+                got.stock_rps.append(runs[False].rps)
+        finally:
+            for server in servers.values():
+                server.close()
         results.append(got)
     return results
 
@@ -243,13 +274,15 @@ def _spread(values: list[float]) -> str:
 
 def pinned_table(results: list[Pairs], seconds: float) -> str:
     rows = [
-        f"| class | throughput memguard ÷ stock, median (IQR; range) | p99 memguard ÷ stock, median (IQR; range) "
+        "| class | throughput memguard ÷ stock | p99 memguard ÷ stock | worker CPU per request memguard ÷ stock "
         f"| stock req/s | pairs of {seconds:g} s |",
-        "|---|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         stock = statistics.median(r.stock_rps)
-        rows.append(f"| {r.cls} | {_spread(r.ratio)} | {_spread(r.p99)} | {stock:.0f} | {len(r.ratio)} |")
+        rows.append(
+            f"| {r.cls} | {_spread(r.ratio)} | {_spread(r.p99)} | {_spread(r.cpu)} | {stock:.0f} | {len(r.ratio)} |"
+        )
     return "\n".join(rows)
 
 

@@ -26,7 +26,7 @@ import pytest
 from bench.harness import Gunicorn, load, poll
 from gunicorn_memguard.cli import main
 
-from .conftest import MiB
+from .conftest import INTERNALS, MiB
 
 HOOKS = ["-c", "python:gunicorn_memguard.conf"]
 NOBODY = 65534
@@ -91,6 +91,7 @@ def served(baseline_uss, tmp_path_factory):
         yield server, xdg, limit
 
 
+@INTERNALS  # served from the arbiter's loop, whose passes and reaping changed across gunicorn's majors
 def test_json_and_once_show_the_live_workers_and_the_last_retirements(served):
     server, xdg, limit = served
     master = server.proc.pid
@@ -115,7 +116,8 @@ def test_json_and_once_show_the_live_workers_and_the_last_retirements(served):
         assert row["ceiling"] == limit + 200 * MiB
         assert 0 < row["memory"] <= row["rss"], row  # USS, exact: never above RSS
         assert 0 <= row["age"] < 120, row
-    assert doc["totals"]["workers"] == 2, doc
+    # a replacement started ahead of a retirement (spawn-first) is a third worker for a moment
+    assert doc["totals"]["workers"] == len(doc["workers"]) in (2, 3), doc
     assert doc["totals"]["retirements"]["soft_limit"] >= len(retired)
     for gone in doc["exits"]:  # every exit of this server is a soft-limit retirement, ended gracefully
         assert gone["pid"] in retired_pids(server) and not psutil.pid_exists(gone["pid"]), gone
@@ -222,8 +224,7 @@ def top_as_nobody(*args: str) -> tuple[int, str]:
     if pid == 0:  # the child
         code = 99
         try:
-            os.dup2(write, 1)
-            os.dup2(write, 2)
+            sys.stdout = sys.stderr = open(write, "w", closefd=False)  # flushed below, then _exit
             os.setgid(NOBODY)
             os.setuid(NOBODY)
             code = main(["top", *args])

@@ -106,10 +106,10 @@ def fetch(path: str, timeout: float = ANSWER_WAIT) -> dict[str, Any]:
         doc = json.loads(b"".join(chunks))
     except ValueError:
         raise TopError(f"{path} did not answer with a memguard status document") from None
-    if not isinstance(doc, dict):
-        raise TopError(f"{path} did not answer with a memguard status document")
-    if "error" in doc:
+    if isinstance(doc, dict) and "error" in doc:
         raise TopError(f"{path}: {doc['error']}")
+    if not isinstance(doc, dict) or not isinstance(doc.get("server"), dict):
+        raise TopError(f"{path} did not answer with a memguard status document")
     return doc
 
 

@@ -9,12 +9,13 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from gunicorn_memguard.cli.top import find_socket, servers
+from gunicorn_memguard.cli.top import TopError, find_socket, servers
 from gunicorn_memguard.master import status
 from gunicorn_memguard.master.status import StatusEndpoint, auto_directories, private_problem
 from gunicorn_memguard.report import snapshot, view
@@ -252,20 +253,45 @@ def test_no_server_found_is_said_with_where_it_looked(tmp_path):
 def test_several_servers_are_listed_and_a_dead_masters_socket_is_skipped(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     (tmp_path / "memguard").mkdir(mode=0o700)
-    mine = StatusEndpoint(str(tmp_path / "memguard" / f"{os.getpid()}.sock"), lambda: b"{}", Lines())
+    here = tmp_path / "memguard" / f"{os.getpid()}.sock"
+    mine = StatusEndpoint(str(here), lambda: json.dumps({"server": SERVER}).encode(), Lines())
     dead = subprocess.Popen(["true"])
     dead.wait()
     (tmp_path / "memguard" / f"{dead.pid}.sock").touch()  # its master is gone
+    parent: StatusEndpoint | None = None
+    stop = threading.Event()
+
+    def arbiter() -> None:  # the masters' passes, while memguard top waits for their answers
+        while not stop.wait(0.01):
+            for endpoint in (mine, parent):
+                if endpoint is not None:
+                    endpoint.poll()
+
+    passes = threading.Thread(target=arbiter)
+    passes.start()
     try:
-        assert servers() == {os.getpid(): str(tmp_path / "memguard" / f"{os.getpid()}.sock")}
-        assert find_socket(None) == find_socket(os.getpid()) == str(tmp_path / "memguard" / f"{os.getpid()}.sock")
-        parent = StatusEndpoint(str(tmp_path / "memguard" / f"{os.getppid()}.sock"), lambda: b"{}", Lines())
-        with pytest.raises(Exception, match="2 servers found; say which with --pid:") as found:
+        assert servers() == {os.getpid(): str(here)}
+        assert find_socket(None) == find_socket(os.getpid()) == str(here)
+        parent = StatusEndpoint(str(tmp_path / "memguard" / f"{os.getppid()}.sock"), lambda: b"[]", Lines())
+        with pytest.raises(TopError) as found:
             find_socket(None)
-        assert f"--pid {os.getpid()}" in str(found.value) and f"--pid {os.getppid()}" in str(found.value)
-        parent.close()
+        assert str(found.value).splitlines() == [
+            "2 servers found; say which with --pid:",
+            *sorted(
+                [
+                    f"  --pid {os.getpid()}  app:app on 127.0.0.1:8000",
+                    f"  --pid {os.getppid()}  ({tmp_path / 'memguard' / f'{os.getppid()}.sock'} did not answer with "
+                    "a memguard status document)",
+                ],
+                key=lambda line: int(line.split()[1]),
+            ),
+        ]
     finally:
+        stop.set()
+        passes.join()
         mine.close()
+        if parent is not None:
+            parent.close()
 
 
 def test_the_live_view_without_rich_names_the_extra(monkeypatch):

@@ -60,6 +60,7 @@ GROWTH_FORM = f"{RATE_FORM}, above zero"
 PORT_FORM = "a TCP port number from 1 to 65535 (e.g. 9300)"
 ADDRESS_FORM = "an IP address (e.g. 127.0.0.1, 0.0.0.0 or ::1)"
 PATH_FORM = "a file path, as a string (e.g. /var/log/memguard.jsonl)"
+STATUS_SOCKET_FORM = "auto, off, or an absolute path for a unix socket (e.g. /run/myapp/memguard.sock)"
 WORKERS_FORM = f"a whole number of workers from 1 to {MAX_COUNT} (e.g. 1)"
 TRACE_FORM = "`off`, or a percentage of the worker's limit above 0% and below 100% (e.g. 80%)"
 MAX_TRACE_FRAMES = 100
@@ -143,6 +144,17 @@ def _parse_path(value: object) -> str:
         raise ValueError(
             f"'-' would be a file named '-', not standard output (for that, say /dev/stdout); expected {PATH_FORM}"
         )
+    return text
+
+
+def _parse_status_socket(value: object) -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    if text.lower() in ("auto", "off"):
+        return text.lower()
+    if not text.startswith("/") or "\0" in text or text.endswith("/"):
+        raise ValueError(f"expected {STATUS_SOCKET_FORM}")
+    if len(text.encode()) > 107:  # sun_path holds 108 bytes with its terminating NUL
+        raise ValueError(f"is longer than a unix socket path can be (107 bytes); expected {STATUS_SOCKET_FORM}")
     return text
 
 
@@ -279,6 +291,13 @@ class Settings:
         unset="unset (off)",
     )
     prometheus_address = Setting(_parse_address, "127.0.0.1", ADDRESS_FORM, "the address that endpoint listens on")
+    status_socket = Setting(
+        _parse_status_socket,
+        "auto",
+        STATUS_SOCKET_FORM,
+        "the master's status socket for `memguard top` (owner-only); `auto`: in a private per-user directory "
+        "([where](top.md#the-status-socket))",
+    )
     # leak-aware policy: growth rate, reclaim before retiring, crash-loop breaker
     max_growth: Setting[float | None] = Setting(
         _parse_growth,

@@ -17,9 +17,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-EXTRAS='.[test,gevent,uvicorn,prometheus,examples,plot]'
+EXTRAS='.[test,gevent,uvicorn,prometheus,examples,plot,top]'
 # the newest's venv also runs the lint stage, which builds the docs site (the docs extra: mkdocs-material)
-NEWEST_EXTRAS='.[test,gevent,uvicorn,prometheus,examples,docs,plot]'
+NEWEST_EXTRAS='.[test,gevent,uvicorn,prometheus,examples,docs,plot,top]'
 # the newest release of each supported major on PyPI (pip index versions gunicorn), newest first
 NEWEST=27.0.1
 OLDER=(26.2.0 25.3.0 24.1.1 23.0.0 22.0.0)
@@ -83,7 +83,26 @@ install_promtool() {  # make promtool available for the tests of conf_examples/p
   fi
 }
 
+install_tmux() {  # a real terminal for the test of memguard top's live view; it skips without tmux
+  if command -v tmux >/dev/null 2>&1; then
+    SUMMARY+=("tmux: $(tmux -V)")
+  elif [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    SUMMARY+=("tmux: missing (install Debian's package tmux, as root): the live view's test skips")
+  else
+    echo "== installing tmux: apt-get install tmux"
+    if { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tmux \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tmux; }
+    } >"$LOGS/apt-tmux.log" 2>&1 && command -v tmux >/dev/null 2>&1; then
+      SUMMARY+=("tmux: installed, $(tmux -V)")
+    else
+      tail -5 "$LOGS/apt-tmux.log"
+      SUMMARY+=("tmux: could not be installed: the live view's test skips")
+    fi
+  fi
+}
+
 install_promtool
+install_tmux
 echo "== lint: ruff check, ruff format --check, mypy, mkdocs build --strict"
 # the docs site is built strictly (any warning fails it: a broken link or anchor, a page not in the
 # nav) into a temporary folder; NO_MKDOCS_2_WARNING silences mkdocs-material's notice about its successor

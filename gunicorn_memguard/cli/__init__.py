@@ -12,9 +12,10 @@ from .. import __version__
 from . import check as check_command
 from . import replay as replay_command
 from . import report as report_command
+from . import top as top_command
 from .check import check
 
-COMMANDS = (check_command, report_command, replay_command)
+COMMANDS = (check_command, report_command, replay_command, top_command)
 
 __all__ = ["check", "main"]
 

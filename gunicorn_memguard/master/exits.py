@@ -89,6 +89,19 @@ def report_exit(runtime: Runtime, worker: Any, log: Any, cfg: Any) -> None:
         runtime.scoreboard.release(slot)
     setattr(worker, SLOT_ATTR, None)
     if view.pid == worker.pid:
+        runtime.exits.append(
+            {
+                "pid": worker.pid,
+                "slot": slot,
+                "time": now,
+                "outcome": report.outcome,
+                "reason": (view.reason or None) if view.retire_started else None,
+                "age": round(now - view.born, 3),
+                "requests": view.requests,
+                "memory": view.value,
+                "rss": view.rss,
+            }
+        )
         Telemetry(runtime.events, log, cfg).exit(
             pid=worker.pid,
             worker=slot,

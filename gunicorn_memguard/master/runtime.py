@@ -13,6 +13,7 @@ import importlib.util
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -22,6 +23,7 @@ from ..probes.cgroup import ContainerMemory, find_memory_cgroup
 from ..probes.memory import process_pss
 from ..report.eventlog import EventLog
 from ..report.lines import Death
+from ..report.status import RECENT_EXITS
 from ..report.tally import Tally
 from ..report.telemetry import Telemetry
 from ..settings import Settings, SettingsError, config_namespace, given_text, load_settings
@@ -29,7 +31,7 @@ from ..shared.limits import SharedLimits
 from ..shared.scoreboard import SLOT_ATTR, Scoreboard
 from ..shared.tracing import TraceSlots
 from ..units import format_count_rate, format_duration, format_rate, format_size, format_size_or_share
-from . import arbiter, limits
+from . import arbiter, limits, status
 from .coordinator import Coordinator
 from .exits import OomWatch
 
@@ -56,6 +58,8 @@ class Runtime:
         self.deaths: dict[int, Death] = {}  # pid -> how it ended, peeked before gunicorn reaps it
         self.sent: dict[int, set[int]] = {}  # pid -> the signals gunicorn's master sent it
         self.metrics: Any = None  # prometheus.MetricsEndpoint, once serving
+        self.status: status.StatusEndpoint | None = None  # memguard top's socket, once serving
+        self.exits: deque[dict[str, Any]] = deque(maxlen=RECENT_EXITS)  # the last exits, for memguard top
         # percentage limits (limits.py)
         self.container: ContainerMemory | None = None
         self.master_rss = 0
@@ -111,7 +115,8 @@ class Runtime:
                     f"not above the master's own {format_size(master)} (PSS), which the budget counts: no worker "
                     "could fit; set a size, or a % of the container, above it",
                 )
-        arbiter.attach_coordinator(server, coordinator, lambda: limits.follow_container(self, server, time.monotonic()))
+        self.status = status.serve(self, server)
+        arbiter.attach_coordinator(server, coordinator, lambda: self._every_pass(server))
         self.coordinator = coordinator
         if budget is not None:
             server.log.info(
@@ -119,6 +124,11 @@ class Runtime:
                 format_size(budget),
                 coordinator.room.container.describe(),
             )
+
+    def _every_pass(self, server: Any) -> None:
+        if self.status is not None:
+            self.status.poll()  # never raises
+        limits.follow_container(self, server, time.monotonic())
 
     def claim_slot(self, worker: Any, log: Any) -> None:
         """Give a worker about to fork its scoreboard slot (idempotent per worker object)."""

@@ -47,6 +47,7 @@ from ..policy.verdict import REASONS
 from ..settings import Settings
 from ..shared.limits import SharedLimits
 from ..shared.scoreboard import Scoreboard, State
+from . import snapshot
 from .lines import OUTCOMES
 from .tally import Tally
 
@@ -55,7 +56,6 @@ MAX_CONNECTIONS = 8  # scrape connections served at once
 MAX_REQUEST = 8192  # bytes of request line and headers
 BIND_RETRY = 1.0  # seconds between attempts to bind a port in use
 _TICK = 0.25  # the thread's longest wait: deadlines and bind retries are checked this often
-_LIVE = (State.RUNNING, State.WAITING, State.GRANTED, State.RETIRING)
 
 
 class ScoreboardCollector:
@@ -71,13 +71,10 @@ class ScoreboardCollector:
 
     def collect(self) -> Iterator[Metric]:
         now = time.time()
-        with self.tally.lock:
-            slots = self.scoreboard.occupied()
-            totals = self.tally.totals(view for _, view in slots)
-        workers = [(str(index), view) for index, view in slots if view.pid and view.state in _LIVE]
-        yield from self._per_worker(workers, now)
-        yield from self._totals(totals)
-        yield from self._limits(now)
+        taken = snapshot.take(self.scoreboard, self.tally, self.settings, self.shared, now)
+        yield from self._per_worker([(str(index), view) for index, view in taken.workers], now)
+        yield from self._totals(taken.totals)
+        yield from self._limits(taken)
 
     def _per_worker(self, workers: list[tuple[str, Any]], now: float) -> Iterator[Metric]:
         def per_worker(
@@ -140,39 +137,36 @@ class ScoreboardCollector:
                 family.add_metric([key], counts[key])
             yield family
 
-    def _limits(self, now: float) -> Iterator[Metric]:
-        configured = self.shared.limits() if self.shared is not None else (None, None)
+    def _limits(self, taken: snapshot.Snapshot) -> Iterator[Metric]:
         limits = GaugeMetricFamily(
             "memguard_limit_bytes", "Per-worker limits (percentages resolved to bytes)", labels=["kind"]
         )
-        for kind, resolved, value in (
-            ("soft", configured[0], self.settings.max_memory),
-            ("hard", configured[1], self.settings.hard_max_memory),
-        ):
-            if resolved is not None:
-                limits.add_metric([kind], resolved)
-            elif isinstance(value, int):
+        for kind, value in (("soft", taken.soft), ("hard", taken.hard)):
+            if value is not None:
                 limits.add_metric([kind], value)
         yield limits
         if self.shared is not None:
-            container, budget = self.shared.memory()
             for name, doc, value in (
                 (
                     "memguard_container_memory_limit_bytes",
                     "The container's memory limit, re-read at run time",
-                    container,
+                    taken.container_limit,
                 ),
-                ("memguard_total_budget_bytes", "The server-wide budget (MEMGUARD_MAX_TOTAL_MEMORY) in bytes", budget),
+                (
+                    "memguard_total_budget_bytes",
+                    "The server-wide budget (MEMGUARD_MAX_TOTAL_MEMORY) in bytes",
+                    taken.budget,
+                ),
             ):
                 if value is not None:
                     yield GaugeMetricFamily(name, doc, value=value)
             yield GaugeMetricFamily(
                 "memguard_breaker_open",
                 "1 while workers start near their limit (a crash loop): useless retirements wait for the backoff",
-                value=1 if self.shared.paused()[0] > now else 0,
+                value=1 if taken.breaker_open else 0,
             )
             yield CounterMetricFamily(
-                "memguard_breaker_trips", "Times the crash-loop breaker tripped", value=self.shared.trips()
+                "memguard_breaker_trips", "Times the crash-loop breaker tripped", value=taken.breaker_trips
             )
         yield GaugeMetricFamily(
             "memguard_dry_run",

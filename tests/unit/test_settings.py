@@ -50,7 +50,7 @@ def test_defaults_are_the_declared_ones():
 
 
 def test_every_declaration_is_complete_and_its_default_is_in_its_own_form():
-    assert len({s.name for s in SETTINGS}) == len(SETTINGS) == 26
+    assert len({s.name for s in SETTINGS}) == len(SETTINGS) == 27
     for setting in SETTINGS:
         assert setting.form and setting.help and "\n" not in setting.help, setting.name
         if setting.default is not None:

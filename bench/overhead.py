@@ -1,16 +1,22 @@
-"""What memguard costs a request, printed as two tables:
+"""What memguard costs a request, printed as tables:
 
 1. in-process: the nanoseconds memguard adds to each request, per worker class, far from the limits
    and near them (where every request is checked) — the hook path a real worker runs (gunicorn's
-   ``post_request`` hook; the ASGI wrapper for uvicorn), on a real guard of this process;
-2. served: throughput and p99 of memguard's worker class ÷ the stock one on hello world, one
-   worker pinned to CPU 0 and ``wrk`` (1 thread, 16 keep-alive connections) pinned to CPU 1,
-   in short alternating pairs; the median ratio and its spread over the pairs.
+   ``post_request`` hook; the ASGI wrapper for uvicorn), on a real guard of this process; and the
+   sampler thread beside a busy worker;
+2. served, on hello world with one worker per server and ``wrk`` (1 thread, 16 keep-alive
+   connections): memguard's worker class ÷ the stock one in throughput, p99 and the worker's CPU
+   time per request, the median over the pairs and its spread —
+   - apart: each worker alone on CPU 0 and wrk on CPU 1, the two servers in alternating order;
+   - together: both workers on CPU 0 and both wrk on CPU 1 at the same time. On a shared or
+     virtual machine one CPU's speed drifts by ±10 % from second to second, more than what is
+     measured; loaded together, both servers see the same drift and their ratio keeps only what
+     differs between them.
 
-    .venv/bin/python -m bench.overhead                 # both tables, 10 pairs of 3 s per class
+    .venv/bin/python -m bench.overhead                 # everything, 10 pairs of 3 s per class
     .venv/bin/python -m bench.overhead --pairs 4 --classes sync,uvicorn
 
-Needs ``wrk`` and ``taskset`` (Debian: wrk, util-linux) and two CPUs for the second table.
+Needs ``wrk`` and ``taskset`` (Debian: wrk, util-linux) and two CPUs for the served tables.
 """
 
 from __future__ import annotations
@@ -207,16 +213,17 @@ class Served:
     cpu_per_request: float  # the worker's CPU seconds (user + system) per request served
 
 
-def _wrk(port: int, seconds: float) -> tuple[float, float, int]:
-    """(requests per second, p99 seconds, requests) of one wrk run pinned to CPU 1."""
-    out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t", "1", "-c", "16", "-d", f"{seconds:g}s", "--latency", f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, check=True, timeout=seconds + 60,
-    ).stdout  # fmt: skip
+def _parse_wrk(out: str) -> tuple[float, float, int]:
+    """(requests per second, p99 seconds, requests) from wrk's report."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", out, re.M).groups()  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     return rps, float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit], requests
+
+
+def _wrk(port: int, seconds: float) -> tuple[float, float, int]:
+    """One wrk run pinned to CPU 1."""
+    return _parse_wrk(_wrk_started(port, seconds).communicate(timeout=seconds + 60)[0])
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -247,15 +254,40 @@ class Server:
         self.gunicorn.stop()
 
 
-def pinned(classes: list[str], pairs: int, seconds: float, logs: Path) -> list[Pairs]:
+def _wrk_started(port: int, seconds: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["taskset", "-c", "1", "wrk", "-t", "1", "-c", "16", "-d", f"{seconds:g}s", "--latency", f"http://127.0.0.1:{port}/"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _together(servers: dict[bool, Server], seconds: float) -> dict[bool, Served]:
+    """Both servers loaded at once, both workers sharing CPU 0 and both wrk CPU 1: whatever slows
+    the machine down slows both alike, so their ratio keeps only what differs between them."""
+    cpu = {memguard: _cpu_seconds(server.worker) for memguard, server in servers.items()}
+    loads = {memguard: _wrk_started(server.gunicorn.port, seconds) for memguard, server in servers.items()}
+    got = {}
+    for memguard, load in loads.items():
+        out = load.communicate(timeout=seconds + 60)[0]
+        rps, p99, requests = _parse_wrk(out)
+        got[memguard] = Served(rps, p99, (_cpu_seconds(servers[memguard].worker) - cpu[memguard]) / max(requests, 1))
+    return got
+
+
+def pinned(classes: list[str], pairs: int, seconds: float, logs: Path, together: bool = False) -> list[Pairs]:
+    """Per class, ``pairs`` measurements of both servers: one after the other, in alternating order,
+    each worker with CPU 0 to itself; or ``together``."""
     results = []
     for cls in classes:
         got = Pairs(cls)
         servers = {memguard: Server(cls, memguard, logs) for memguard in (False, True)}
         try:
             for pair in range(pairs):
-                order = (False, True) if pair % 2 == 0 else (True, False)
-                runs = {memguard: servers[memguard].measure(seconds) for memguard in order}
+                if together:
+                    runs = _together(servers, seconds)
+                else:
+                    order = (False, True) if pair % 2 == 0 else (True, False)
+                    runs = {memguard: servers[memguard].measure(seconds) for memguard in order}
                 got.ratio.append(runs[True].rps / runs[False].rps)
                 got.p99.append(runs[True].p99 / runs[False].p99)
                 got.cpu.append(runs[True].cpu_per_request / runs[False].cpu_per_request)
@@ -309,9 +341,12 @@ def main(argv: list[str] | None = None) -> int:
             f"the served table needs wrk and taskset and 2 CPUs (missing: {', '.join(missing) or 'a CPU'})"
         )
     with tempfile.TemporaryDirectory(prefix="memguard-overhead-") as logs:
-        results = pinned(classes, a.pairs, a.seconds, Path(logs))
-    print(f"\n## Served: one worker on CPU 0, wrk -t1 -c16 on CPU 1, hello world, {a.pairs} alternating pairs\n")
-    print(pinned_table(results, a.seconds))
+        apart = pinned(classes, a.pairs, a.seconds, Path(logs))
+        together = pinned(classes, a.pairs, a.seconds, Path(logs), together=True)
+    print(f"\n## Served apart: each worker alone on CPU 0, wrk -t1 -c16 on CPU 1, {a.pairs} alternating pairs\n")
+    print(pinned_table(apart, a.seconds))
+    print(f"\n## Served together: both workers on CPU 0, both wrk on CPU 1, at once, {a.pairs} times\n")
+    print(pinned_table(together, a.seconds))
     return 0
 
 

@@ -1,6 +1,6 @@
 """The per-worker guard: measure, ask the policy, act once.
 
-It is fed from two places: after requests (one ~2 µs RSS read at most every 5 ms while the limits
+It is fed from two places: after requests (one RSS read, at most every 100 ms while the limits
 are far, after every request near them: ``gate.py``), and from a real OS thread on a timer, so a
 worker stuck in a long request or sitting idle is still seen. Over the ceiling a worker stops
 accepting at once, whatever its age, its turn or a replacement booting; between its

@@ -48,7 +48,12 @@ def settings(limit: int, xdg: Path, **extra: str) -> dict[str, str]:
 
 
 def top(xdg: Path, *args: str, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMGUARD_")} | {"XDG_RUNTIME_DIR": str(xdg)}
+    # TMPDIR too: top also looks in <tmp>/memguard-<uid>, where every other server on this machine
+    # (another test suite's) has its socket; this test's server is under its own XDG_RUNTIME_DIR
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMGUARD_")} | {
+        "XDG_RUNTIME_DIR": str(xdg),
+        "TMPDIR": str(xdg),
+    }
     done = subprocess.run(
         [sys.executable, "-m", "gunicorn_memguard", "top", *args],
         env=env,

@@ -82,7 +82,7 @@ class Places:
 
     def __init__(self, cwd: str, library: Iterable[str], roots: Iterable[str] = ()) -> None:
         self.cwd = os.path.join(cwd, "")
-        self.library = tuple(_directory(d) for d in library)
+        self.not_the_app = tuple(_directory(d) for d in library)
         self.roots = tuple(_directory(d) for d in roots if d)
         self._known: dict[str, bool] = {}
 
@@ -99,7 +99,7 @@ class Places:
         if known is None:
             # "<frozen importlib._bootstrap>", "<string>": the interpreter's own, or code without a file
             path = os.path.abspath(filename)
-            known = self._known[filename] = filename.startswith("<") or path.startswith(self.library)
+            known = self._known[filename] = filename.startswith("<") or path.startswith(self.not_the_app)
         return known
 
     def show(self, filename: str) -> str:

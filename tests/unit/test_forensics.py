@@ -45,7 +45,7 @@ def untraced():
 
 def places() -> Places:
     here = Places.here()
-    return Places(str(HERE.parent), here.library, sys.path)
+    return Places(str(HERE.parent), here.not_the_app, sys.path)
 
 
 def line_of(marker: str) -> int:
@@ -82,7 +82,7 @@ def test_sites_are_the_apps_lines_largest_first_with_the_library_line_beside():
 
 def test_a_traceback_of_library_frames_only_is_named_by_its_innermost_frame():
     # this folder counts as a library here: every frame is a library's
-    lib = Places(str(HERE.parent), [*Places.here().library, str(HERE.parent)], sys.path)
+    lib = Places(str(HERE.parent), [*Places.here().not_the_app, str(HERE.parent)], sys.path)
     tracemalloc.start(3)
     leak_directly(5, 100_000)
     stats = tracemalloc.take_snapshot().statistics("traceback")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..policy import Reason
@@ -50,8 +50,10 @@ class Coordinator:
         log: Any,
         container: ContainerMemory | None = None,
         shared: SharedLimits | None = None,
+        exits: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.arbiter = arbiter
+        self.exits = exits  # the master's record of recent exits, newest last (exits.report_exit)
         self.settings = settings
         self.scoreboard = scoreboard
         self.log = log
@@ -98,7 +100,7 @@ class Coordinator:
     def _tick(self, now: float) -> None:
         workers = dict(self.arbiter.WORKERS)
         views = self._views(workers)
-        self._forget_gone(workers)
+        self._forget_gone(now, workers)
         self.readiness.measure_boots(views)
         self._advance(now, workers, views)
         busy = len(self.retirements) + sum(
@@ -135,17 +137,32 @@ class Coordinator:
                     views[pid] = view
         return views
 
-    def _forget_gone(self, workers: dict[int, Any]) -> None:
-        for pid in [pid for pid in self.retirements if pid not in workers]:
+    def _forget_gone(self, now: float, workers: dict[int, Any]) -> None:
+        gone = [pid for pid in self.retirements if pid not in workers]
+        retired_itself = {e["pid"] for e in self.exits if e["reason"]} if gone else set()
+        for pid in gone:
             retirement = self.retirements.pop(pid)
             self._lower(retirement)
-            if not retirement.granted:
+            if retirement.granted:
+                continue
+            if pid in retired_itself:  # it reached its ceiling and was gone within one arbiter pass
+                self._drained_first(retirement, now)
+            else:
                 self.log.warning(
                     "memguard: worker pid=%s left before its turn came (it died or was stopped); "
                     "its retirement slot is free again",
                     pid,
                 )
         self.readiness.forget(workers)
+
+    def _drained_first(self, retirement: Retirement, now: float) -> None:
+        self.drain_first += 1
+        self.log.warning(
+            "memguard: worker pid=%s reached its ceiling %.1fs after its replacement was started, "
+            "before it was ready: it drains first (%d such so far; the leak fills the band between "
+            "soft limit and ceiling faster than a worker boots)",
+            retirement.target, now - retirement.started, self.drain_first,
+        )  # fmt: skip
 
     def wanted(self) -> int:
         """The worker count gunicorn wants, without memguard's temporary raises for replacements."""
@@ -174,13 +191,7 @@ class Coordinator:
                 retirement.granted = True  # past its ceiling while waiting: it did not wait
                 serving.discard(retirement.target)
                 if not ready:
-                    self.drain_first += 1
-                    self.log.warning(
-                        "memguard: worker pid=%s reached its ceiling %.1fs after its replacement was started, "
-                        "before it was ready: it drains first (%d such so far; the leak fills the band between "
-                        "soft limit and ceiling faster than a worker boots)",
-                        retirement.target, now - retirement.started, self.drain_first,
-                    )  # fmt: skip
+                    self._drained_first(retirement, now)
             elif ready and self.spares.forecast_failed(retirement, view, now):
                 self._spare_goes(retirement, workers, now)
             elif ready and self.spares.due_now(retirement, view, now):

@@ -102,7 +102,9 @@ class Runtime:
         the hook module and from ``pre_fork`` for both adoption paths, which runs before every fork)."""
         if self.scoreboard is None or self.coordinator is not None:
             return
-        coordinator = Coordinator(server, self.settings, self.scoreboard, server.log, shared=self.shared)
+        coordinator = Coordinator(
+            server, self.settings, self.scoreboard, server.log, shared=self.shared, exits=self.exits
+        )
         budget = coordinator.room.total_budget
         if budget is not None:
             master = process_pss(os.getpid()) or 0  # after preload_app, before the first fork

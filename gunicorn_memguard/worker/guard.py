@@ -197,30 +197,31 @@ class Guard:
                 return KEEP, Step.NONE
             verdict = self.policy.judge(sample)
             if self._reclaiming:  # another thread reclaims: only the ceiling is acted on meanwhile
-                return (verdict, self._step(verdict, now)) if verdict.action is Action.RETIRE_NOW else (KEEP, Step.NONE)
+                return self._step(verdict, now) if verdict.action is Action.RETIRE_NOW else (KEEP, Step.NONE)
             if self.reclaimer is None or self.settings.dry_run or not self.reclaimer.wanted(verdict, now):
-                return verdict, self._step(verdict, now)
+                return self._step(verdict, now)
             self._reclaiming = True
         return self._reclaim(verdict)
 
-    def _step(self, verdict: Verdict, now: float) -> Step:
-        """Under the lock: what to do with a verdict. Over the ceiling (retire-now) the worker goes at
-        once, even while it waits for a turn; a graceful retirement waits for the master's turn when
-        a coordinator runs; in a crash loop, either may first have to wait for the backoff."""
+    def _step(self, verdict: Verdict, now: float) -> tuple[Verdict, Step]:
+        """Under the lock: what to do with a verdict, and the verdict acted on. Over the ceiling
+        (retire-now) the worker goes at once, even while it waits for a turn (said in the verdict it
+        retires on); a graceful retirement waits for the master's turn when a coordinator runs; in a
+        crash loop, either may first have to wait for the backoff."""
         if not verdict.retires:
-            return Step.KEEP
+            return verdict, Step.KEEP
         if self.settings.dry_run:
-            return Step.WOULD
+            return verdict, Step.WOULD
         waiting = self.turns is not None and self.turns.waiting is not None
         if not waiting and not self.crash_loop.admit(verdict):
-            return Step.NONE  # deferred: it serves on and asks again at its next sample
+            return verdict, Step.NONE  # deferred: it serves on and asks again at its next sample
         if verdict.action is Action.RETIRE and self.turns is not None:
-            return Step.WAIT
+            return verdict, Step.WAIT
         if waiting:
             verdict = replace(verdict, detail=f"{verdict.detail}, while waiting for its turn: drain-first")
         self.retiring = verdict
         self.drain.begin(verdict, now)
-        return Step.RETIRE
+        return verdict, Step.RETIRE
 
     def _expect(self) -> None:
         """Predictive spawn-first (``Turns.expect``), with the spare's lead from the master's boot times."""
@@ -258,7 +259,7 @@ class Guard:
                 return KEEP, Step.KEEP
             self.log.info("%s; still over: retiring", line)
             verdict = replace(again, detail=f"{again.detail}, after a reclaim ({freed})")
-            return verdict, self._step(verdict, now)
+            return self._step(verdict, now)
 
     # -- acting -------------------------------------------------------------------------
     def _publish(self, sample: Sample) -> None:

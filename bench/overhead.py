@@ -1,20 +1,23 @@
 """What memguard costs a request, printed as tables:
 
 1. in-process: the nanoseconds memguard adds to each request, per worker class, far from the limits
-   and near them (where every request is checked) — the hook path a real worker runs (gunicorn's
-   ``post_request`` hook; the ASGI wrapper for uvicorn), on a real guard of this process; and the
-   sampler thread beside a busy worker;
+   (with the CPU's caches warm, and cold as after a real request) and near them, where every
+   request is checked — the path a real worker runs (gunicorn's ``post_request`` hook, which is
+   the guard's gate; uvicorn's request-task set; the ASGI dispatch of gunicorn's asgi worker), on a
+   real guard of this process; and the sampler thread beside a busy worker;
 2. served, on hello world with one worker per server and ``wrk`` (1 thread, 16 keep-alive
    connections): memguard's worker class ÷ the stock one in throughput, p99 and the worker's CPU
-   time per request, the median over the pairs and its spread —
-   - apart: each worker alone on CPU 0 and wrk on CPU 1, the two servers in alternating order;
-   - together: both workers on CPU 0 and both wrk on CPU 1 at the same time. On a shared or
-     virtual machine one CPU's speed drifts by ±10 % from second to second, more than what is
-     measured; loaded together, both servers see the same drift and their ratio keeps only what
-     differs between them.
+   time per request. Both workers share CPU 0 and both wrk CPU 1, loaded at once: on a shared or
+   virtual machine one CPU's speed drifts by ±10 % from second to second, more than what is
+   measured; loaded together, both servers see the same drift and their ratio keeps only what
+   differs between them. And each server runs 1–2 % faster or slower than another of the same code
+   for its whole life, so each ratio is taken on ``--boots`` fresh pairs of servers (the median of
+   ``--pairs`` runs each), and the table gives the median over the pairs of servers and its
+   spread. ``--null`` measures stock ÷ stock the same way: the method's resolution. ``--apart``
+   adds each worker alone on CPU 0, one after the other (which cannot resolve a few %).
 
-    .venv/bin/python -m bench.overhead                 # everything, 10 pairs of 3 s per class
-    .venv/bin/python -m bench.overhead --pairs 4 --classes sync,uvicorn
+    .venv/bin/python -m bench.overhead                 # 6 pairs of servers × 3 runs of 3 s per class
+    .venv/bin/python -m bench.overhead --null --classes sync,uvicorn
 
 Needs ``wrk`` and ``taskset`` (Debian: wrk, util-linux) and two CPUs for the served tables.
 """
@@ -42,7 +45,6 @@ import psutil
 
 from bench import run
 from bench.harness import ROOT, Gunicorn
-from gunicorn_memguard import hooks
 from gunicorn_memguard.master import runtime
 from gunicorn_memguard.probes.memory import MemoryProbe
 from gunicorn_memguard.settings import Settings
@@ -53,6 +55,7 @@ CLASSES = {
     **run.CLASSES,
     "asgi": run.WorkerClass(("-k", "asgi"), ("-k", "gunicorn_memguard.workers.AsgiWorker"), app="bench.apps:asgi"),
 }
+COLD_BYTES = 32 * 2**20  # written through between two calls of a cold measurement
 LIMIT = "1GiB"  # memguard's soft limit in the served runs: measured every request, never reached
 
 
@@ -88,12 +91,28 @@ def _per_call(run: Callable[[int], None], n: int) -> float:
     return best
 
 
+def _stock_hook(*args: Any) -> None:
+    return None
+
+
+def _cold_per_call(call: Callable[[], None], n: int = 2_000) -> float:
+    """Nanoseconds of one call with the CPU's caches cold, as after a request: the median over
+    ``n`` calls, each after writing a byte in every cache line of 32 MiB (more than any L3 here)."""
+    lines = bytearray(COLD_BYTES)
+    ones = b"\x01" * (COLD_BYTES // 64)
+    clock = time.perf_counter_ns
+    took = []
+    for _ in range(n):
+        lines[::64] = ones
+        started = clock()
+        call()
+        took.append(clock() - started)
+    return statistics.median(took)
+
+
 def wsgi_cost(near: bool, n: int = 200_000) -> float:
-    """post_request as gunicorn calls it, minus the stock no-op hook gunicorn calls without memguard."""
-
-    def stock(*args: Any) -> None:
-        return None
-
+    """The post_request hook a worker runs (the guard's gated check, ``hooks._bind_post_request``),
+    minus the stock no-op hook gunicorn calls without memguard."""
     with _guard(near) as (guard, worker):
 
         def calls(hook: Callable[..., None]) -> Callable[[int], None]:
@@ -103,14 +122,53 @@ def wsgi_cost(near: bool, n: int = 200_000) -> float:
 
             return run
 
-        cost = _per_call(calls(hooks.post_request), n) - _per_call(calls(stock), n)
+        cost = _per_call(calls(guard.after_request), n) - _per_call(calls(_stock_hook), n)
         assert guard.retiring is None, "the guard retired during the measurement"
     return cost
 
 
-def asgi_wrapper_cost(near: bool, n: int = 100_000) -> float:
-    """memguard's ASGI wrapper (uvicorn) around an app that only returns, minus the bare app."""
-    from gunicorn_memguard.workers.uvicorn import checked_after_each_request
+def wsgi_cold_cost() -> float:
+    """As ``wsgi_cost`` far from the limits, with the caches cold."""
+    with _guard(False) as (guard, worker):
+        ours = _cold_per_call(lambda: guard.after_request(worker, None, None, None))
+        stock = _cold_per_call(lambda: _stock_hook(worker, None, None, None))
+    return ours - stock
+
+
+def _tasks_run(tasks: set[Any]) -> Callable[[int], None]:
+    task = object()
+
+    def run(count: int) -> None:
+        for _ in range(count):
+            tasks.add(task)
+            tasks.discard(task)
+
+    return run
+
+
+def uvicorn_cost(near: bool, n: int = 200_000) -> float:
+    """uvicorn: memguard's set of request tasks letting a task go (the check included), minus
+    uvicorn's own set's."""
+    from gunicorn_memguard.workers.uvicorn import RequestTasks
+
+    with _guard(near) as (guard, worker):
+        cost = _per_call(_tasks_run(RequestTasks(guard.after_request)), n) - _per_call(_tasks_run(set()), n)
+        assert guard.retiring is None, "the guard retired during the measurement"
+    return cost
+
+
+def uvicorn_cold_cost() -> float:
+    from gunicorn_memguard.workers.uvicorn import RequestTasks
+
+    with _guard(False) as (guard, worker):
+        ours, stock = _tasks_run(RequestTasks(guard.after_request)), _tasks_run(set())
+        return _cold_per_call(lambda: ours(1)) - _cold_per_call(lambda: stock(1))
+
+
+def asgi_dispatch_cost(n: int = 100_000) -> float:
+    """gunicorn's asgi worker: memguard's dispatch in front of the app (it passes HTTP requests
+    straight to it), minus the bare app."""
+    from gunicorn_memguard.workers.asgi import checked_after_each_websocket_session
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         return None
@@ -123,23 +181,27 @@ def asgi_wrapper_cost(near: bool, n: int = 100_000) -> float:
         return lambda count: asyncio.run(loop(count))
 
     scope = {"type": "http"}
-    with _guard(near) as (guard, worker):
-        cost = _per_call(calls(checked_after_each_request(app, worker)), n) - _per_call(calls(app), n)
-        assert guard.retiring is None, "the guard retired during the measurement"
-    return cost
+    return _per_call(calls(checked_after_each_websocket_session(app, None)), n) - _per_call(calls(app), n)
 
 
 def in_process_table() -> str:
     rows = [
-        "| class | path measured | far from the limits (ns) | near them, every request checked (ns) |",
-        "|---|---|---:|---:|",
+        "| class | path measured | far from the limits (ns) | far, caches cold (ns) "
+        "| near them, every request checked (ns) |",
+        "|---|---|---:|---:|---:|",
     ]
-    wsgi = (wsgi_cost(False), wsgi_cost(True))
-    asgi = (asgi_wrapper_cost(False), asgi_wrapper_cost(True))
+    hook = (wsgi_cost(False), wsgi_cold_cost(), wsgi_cost(True))
+    dispatch = asgi_dispatch_cost()
+    paths = {
+        "uvicorn": (
+            "uvicorn's request-task set letting a task go",
+            (uvicorn_cost(False), uvicorn_cold_cost(), uvicorn_cost(True)),
+        ),
+        "asgi": ("memguard's ASGI dispatch + post_request hook", tuple(cost + dispatch for cost in hook)),
+    }
     for name in CLASSES:
-        far, near = asgi if name == "uvicorn" else wsgi
-        path = "ASGI wrapper + post_request" if name == "uvicorn" else "gunicorn's post_request hook"
-        rows.append(f"| {name} | {path} | {far:.0f} | {near:.0f} |")
+        path, (far, cold, near) = paths.get(name, ("gunicorn's post_request hook", hook))
+        rows.append(f"| {name} | {path} | {far:.0f} | {cold:.0f} | {near:.0f} |")
     return "\n".join(rows)
 
 
@@ -226,7 +288,7 @@ class Server:
         worker_class = CLASSES[cls]
         env = {"MEMGUARD_MAX_MEMORY": LIMIT} if memguard else {}
         args = [*(worker_class.memguard if memguard else worker_class.stock), worker_class.app]
-        log = logs / f"{cls}-{'memguard' if memguard else 'stock'}.log"
+        log = Path(tempfile.mkstemp(prefix=f"{cls}-{'memguard' if memguard else 'stock'}-", suffix=".log", dir=logs)[1])
         self.gunicorn = Gunicorn(args, env, log, workers=1, cwd=ROOT, cpus="0")
         self.gunicorn.wait_ready()
         (self.worker,) = self.gunicorn.worker_pids()
@@ -261,27 +323,40 @@ def _together(servers: dict[bool, Server], seconds: float) -> dict[bool, Served]
     return got
 
 
-def pinned(classes: list[str], pairs: int, seconds: float, logs: Path, together: bool = False) -> list[Pairs]:
-    """Per class, ``pairs`` measurements of both servers: one after the other, in alternating order,
-    each worker with CPU 0 to itself; or ``together``."""
+def pinned(
+    classes: list[str], boots: int, pairs: int, seconds: float, logs: Path, together: bool = True, null: bool = False
+) -> list[Pairs]:
+    """Per class, ``boots`` times: a fresh stock server and a fresh memguard one (with ``null``, a
+    second stock one instead), measured ``pairs`` times — together, or one after the other in
+    alternating order, each worker with CPU 0 to itself. Fresh servers each time: one server runs
+    1–2 % faster or slower than another of the same code for its whole life (where its memory
+    landed), which pairs of the same two servers cannot average out. The boots alternate which
+    server starts first."""
     results = []
     for cls in classes:
         got = Pairs(cls)
-        servers = {memguard: Server(cls, memguard, logs) for memguard in (False, True)}
-        try:
-            for pair in range(pairs):
-                if together:
-                    runs = _together(servers, seconds)
-                else:
-                    order = (False, True) if pair % 2 == 0 else (True, False)
-                    runs = {memguard: servers[memguard].measure(seconds) for memguard in order}
-                got.ratio.append(runs[True].rps / runs[False].rps)
-                got.p99.append(runs[True].p99 / runs[False].p99)
-                got.cpu.append(runs[True].cpu_per_request / runs[False].cpu_per_request)
-                got.stock_rps.append(runs[False].rps)
-        finally:
-            for server in servers.values():
-                server.close()
+        for boot in range(boots):
+            order = (False, True) if boot % 2 == 0 else (True, False)
+            servers = {memguard: Server(cls, memguard and not null, logs) for memguard in order}
+            try:
+                ratio, p99, cpu, stock = [], [], [], []
+                for pair in range(pairs):
+                    if together:
+                        runs = _together(servers, seconds)
+                    else:
+                        turn = order if pair % 2 == 0 else order[::-1]
+                        runs = {memguard: servers[memguard].measure(seconds) for memguard in turn}
+                    ratio.append(runs[True].rps / runs[False].rps)
+                    p99.append(runs[True].p99 / runs[False].p99)
+                    cpu.append(runs[True].cpu_per_request / runs[False].cpu_per_request)
+                    stock.append(runs[False].rps)
+            finally:
+                for server in servers.values():
+                    server.close()
+            got.ratio.append(statistics.median(ratio))
+            got.p99.append(statistics.median(p99))
+            got.cpu.append(statistics.median(cpu))
+            got.stock_rps.append(statistics.median(stock))
         results.append(got)
     return results
 
@@ -291,16 +366,17 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} (IQR {q[0]:.3f}–{q[2]:.3f}; {min(values):.3f}–{max(values):.3f})"
 
 
-def pinned_table(results: list[Pairs], seconds: float) -> str:
+def pinned_table(results: list[Pairs], pairs: int, seconds: float, what: str = "memguard ÷ stock") -> str:
     rows = [
-        "| class | throughput memguard ÷ stock | p99 memguard ÷ stock | worker CPU per request memguard ÷ stock "
-        f"| stock req/s | pairs of {seconds:g} s |",
+        f"| class | throughput {what} | p99 {what} | worker CPU per request {what} "
+        f"| stock req/s | server pairs × runs of {seconds:g} s |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         stock = statistics.median(r.stock_rps)
         rows.append(
-            f"| {r.cls} | {_spread(r.ratio)} | {_spread(r.p99)} | {_spread(r.cpu)} | {stock:.0f} | {len(r.ratio)} |"
+            f"| {r.cls} | {_spread(r.ratio)} | {_spread(r.p99)} | {_spread(r.cpu)} | {stock:.0f} "
+            f"| {len(r.ratio)} × {pairs} |"
         )
     return "\n".join(rows)
 
@@ -308,15 +384,18 @@ def pinned_table(results: list[Pairs], seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--classes", default=",".join(CLASSES), help=f"comma-separated, from {', '.join(CLASSES)}")
-    p.add_argument("--pairs", type=int, default=10, help="alternating stock/memguard pairs per class (default 10)")
+    p.add_argument("--boots", type=int, default=6, help="fresh pairs of servers per class (default 6)")
+    p.add_argument("--pairs", type=int, default=3, help="runs of each pair of servers (default 3)")
     p.add_argument("--seconds", type=float, default=3.0, help="length of one measured run (default 3)")
+    p.add_argument("--apart", action="store_true", help="also each worker alone on CPU 0, one after the other")
+    p.add_argument("--null", action="store_true", help="also stock ÷ stock: what the method cannot resolve")
     p.add_argument("--no-served", action="store_true", help="only the in-process table")
     a = p.parse_args(argv)
     classes = [c for c in a.classes.split(",") if c]
     unknown = [c for c in classes if c not in CLASSES]
     if unknown:
         raise SystemExit(f"--classes: unknown {', '.join(unknown)}; choose from {', '.join(CLASSES)}")
-    print("## memguard's cost per request, in-process (ns, best of 5 runs)\n")
+    print("## memguard's cost per request, in-process (ns; hot: best of 5 runs; cold: median)\n")
     print(in_process_table())
     print("\n## The sampler thread beside a busy worker\n")
     print(sampler_table())
@@ -327,13 +406,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(
             f"the served table needs wrk and taskset and 2 CPUs (missing: {', '.join(missing) or 'a CPU'})"
         )
+    runs = (a.boots, a.pairs, a.seconds)
     with tempfile.TemporaryDirectory(prefix="memguard-overhead-") as logs:
-        apart = pinned(classes, a.pairs, a.seconds, Path(logs))
-        together = pinned(classes, a.pairs, a.seconds, Path(logs), together=True)
-    print(f"\n## Served apart: each worker alone on CPU 0, wrk -t1 -c16 on CPU 1, {a.pairs} alternating pairs\n")
-    print(pinned_table(apart, a.seconds))
-    print(f"\n## Served together: both workers on CPU 0, both wrk on CPU 1, at once, {a.pairs} times\n")
-    print(pinned_table(together, a.seconds))
+        print("\n## Served together: both workers on CPU 0, both wrk -t1 -c16 on CPU 1, at once\n")
+        print(pinned_table(pinned(classes, *runs, Path(logs)), a.pairs, a.seconds))
+        if a.null:
+            print("\n## The same, stock ÷ stock (the method's resolution)\n")
+            print(pinned_table(pinned(classes, *runs, Path(logs), null=True), a.pairs, a.seconds, "stock ÷ stock"))
+        if a.apart:
+            print("\n## Served apart: each worker alone on CPU 0, wrk -t1 -c16 on CPU 1, in alternating order\n")
+            print(pinned_table(pinned(classes, *runs, Path(logs), together=False), a.pairs, a.seconds))
     return 0
 
 

@@ -17,9 +17,18 @@ goes past its limit between two checks only if it grows faster than ``MAX_RATE``
 per request more than doubles at once; otherwise the bound is that of a check after every request.
 Far from the limits (410 MiB or more below the nearest) a worker is checked every 100 ms: ten cold
 checks a second, ~0.1 % of a CPU. An unchecked request costs a decrement and a clock read (~0.1 µs).
+
+What a request runs is ``RequestGate.request_ended``, called as gunicorn's ``post_request`` hook
+itself: in a serving worker the cost of a check that lets a request pass is that of the memory it
+touches, not of its instructions (cold, a lookup of the guard through memguard's hook and runtime
+cost 3.6 µs more than a no-op hook; the gate's own method 1.0 µs), so it touches only the gate.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from time import monotonic
+from typing import Any
 
 MAX_RATE = 4 * 2**30  # bytes per second no worker is assumed to grow faster than
 MAX_GAP = 0.1  # seconds: the longest a request-boundary check is put off
@@ -35,14 +44,22 @@ class RequestGate:
     Several threads (gthread) may decrement ``left`` at once and lose a decrement: a few more
     requests pass, still before ``until``."""
 
-    __slots__ = ("left", "until", "step", "_rss", "_requests")
+    __slots__ = ("left", "until", "step", "check", "_rss", "_requests")
 
-    def __init__(self) -> None:
+    def __init__(self, check: Callable[[], None]) -> None:
         self.left = 0  # requests that may still end unchecked
         self.until = 0.0  # ... before this time (time.monotonic())
         self.step = 0.0  # the largest RSS growth per request seen between two checks (bytes)
+        self.check = check  # the guard's check after a request; it catches its own faults
         self._rss = 0
         self._requests = -1
+
+    def request_ended(self, worker: Any = None, req: Any = None, environ: Any = None, resp: Any = None) -> None:
+        """A request ended: check, unless the gate lets it pass. gunicorn's ``post_request``
+        signature, so that the hook can be this method itself (``hooks.post_worker_init``)."""
+        self.left -= 1
+        if self.left < 0 or monotonic() >= self.until:
+            self.check()
 
     def reopen(self, now: float, rss: int, estimate: int, requests: int, floor: int | None) -> None:
         """After a check that keeps the worker serving: its RSS, its metric's estimate, its request

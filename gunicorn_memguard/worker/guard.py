@@ -93,7 +93,9 @@ class Guard:
         self._reclaiming = False
         self._broken = False
         self.cadence = Cadence(settings.check_interval)
-        self.gate = RequestGate()
+        self.gate = RequestGate(self._request_check)
+        # what a request runs (gunicorn's post_request hook, uvicorn's request tasks): the gate's own method
+        self.after_request: Callable[..., None] = self.gate.request_ended
         # Shared with the sampler OS thread: unpatched primitives even under gevent.
         self._lock = native.allocate_lock()
         self._stop = native.StopFlag()
@@ -114,13 +116,10 @@ class Guard:
         return int(getattr(self.worker, "nr", 0))
 
     # -- feeding ------------------------------------------------------------------------
-    def after_request(self) -> None:
-        """The request-boundary check, gated (``RequestGate``): while the limits are far, most
-        requests end with a decrement and a clock read; near them, each is checked."""
-        gate = self.gate
-        gate.left -= 1
-        if gate.left >= 0 and monotonic() < gate.until:
-            return
+    def _request_check(self) -> None:
+        """The request-boundary check, for the requests the gate does not let pass (``after_request``
+        is the gate's): while the limits are far, most requests end with a decrement and a clock
+        read; near them, each is checked."""
         try:
             if self.retiring is None and not self._broken:
                 if self.turns is not None and self.turns.waiting is not None:

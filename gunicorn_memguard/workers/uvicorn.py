@@ -11,19 +11,19 @@ under the hook module, this class adds:
 - no lost requests: uvicorn's own shutdown resets connections accepted just before it (see
   ``_memguard_drain``);
 - a heartbeat to gunicorn's master while draining, which uvicorn does not send;
-- a check after every HTTP request and WebSocket session (uvicorn never calls ``post_request``):
-  the ASGI app is wrapped, and ``worker.nr`` counts requests for the log line;
+- a check after every HTTP request and WebSocket session (uvicorn never calls ``post_request``),
+  ASGI 2 and 3 apps alike, from uvicorn's own set of request tasks (``RequestTasks``), and
+  ``worker.nr`` counts requests for the log line;
 - no config file needed, as for every memguard class.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import signal
 import sys
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.arbiter import Arbiter
@@ -51,30 +51,29 @@ from .base import MemguardWorker
 # How long a retiring worker waits for connections it accepted to send their request.
 ACCEPTED_GRACE = 1.0
 
-ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
+class RequestTasks(set[Any]):
+    """uvicorn's set of running request tasks (``ServerState.tasks``), checking memory as it lets
+    each go. uvicorn discards an HTTP request's task in that task's done callback — once the app's
+    call has returned, background tasks included, whether it succeeded, failed or the client left —
+    and a WebSocket session's task when the session ends. So every request is checked once, with no
+    coroutine of memguard's around the app: one around every request's app call cost a hello-world
+    uvicorn worker 1.3 % more CPU per request (``python -m bench.overhead``); this costs a method
+    call. The set is uvicorn's to read and change as before (``len`` for ``limit_concurrency``, the
+    wait for tasks at shutdown)."""
 
-def checked_after_each_request(app: ASGIApp, worker: Any) -> ASGIApp:
-    """Count and check memory after every HTTP request or WebSocket session, streams included.
-    On every request's path: the hook is bound once, and an ASGI scope is http, websocket or
-    lifespan."""
-    check = hooks.post_request  # memguard's own; never raises
+    __slots__ = ("check",)
 
-    async def app_with_memguard(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            return await app(scope, receive, send)
+    def __init__(self, check: Callable[[], None]) -> None:
+        super().__init__()
+        self.check = check  # the guard's after_request: gated, and it catches its own faults
+
+    def discard(self, task: Any) -> None:
         try:
-            await app(scope, receive, send)
-        finally:
-            worker.nr += 1
-            check(worker, None, None, None)
-
-    return app_with_memguard
-
-
-def _is_asgi3(app: Any) -> bool:
-    # the instance's own __call__, a coroutine function for an ASGI 3 app object (callable() cannot tell)
-    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(getattr(app, "__call__", None))  # noqa: B004
+            self.remove(task)
+        except KeyError:
+            return  # not one of the server's (or already let go): no request ended
+        self.check()
 
 
 class _Server(Server):
@@ -95,6 +94,7 @@ class _Server(Server):
 
 class _Guarded(MemguardWorker):
     memguard_server: Server | None = None
+    _nr = 0
     memguard_loop: asyncio.AbstractEventLoop | None = None
     # set or defined by uvicorn's worker, the other base of each class below
     wsgi: Any
@@ -102,6 +102,18 @@ class _Guarded(MemguardWorker):
     sockets: Any
     notify: Callable[[], None]
     _install_sigquit_handler: Callable[[], None]
+
+    @property
+    def nr(self) -> int:
+        """Requests served, for memguard's log lines and its gate: uvicorn's own count once it
+        serves (responses completed), which it keeps anyway; counting again per request would
+        cost a request ~1 µs of cache misses. gunicorn sets ``nr`` but never counts for uvicorn."""
+        server = self.memguard_server
+        return self._nr if server is None else server.server_state.total_requests
+
+    @nr.setter
+    def nr(self, value: int) -> None:
+        self._nr = value
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """SIGQUIT, gunicorn's quick stop (SIGINT or SIGQUIT to the master): the parent installs
@@ -113,16 +125,14 @@ class _Guarded(MemguardWorker):
         if server is not None and sig == signal.SIGQUIT:
             server.should_exit = server.force_exit = True
 
-    def load_wsgi(self) -> None:
-        super().load_wsgi()  # type: ignore[misc]
-        if _is_asgi3(self.wsgi):  # an ASGI2 app is left as it is: timer checks only
-            self.wsgi = checked_after_each_request(self.wsgi, self)
-
     async def _serve(self) -> None:
         """The parent's ``_serve``, keeping the ``Server`` it otherwise holds in a local."""
         self.memguard_loop = asyncio.get_running_loop()
         self.config.app = self.wsgi
         server = self.memguard_server = _Server(config=self.config)
+        guard = hooks.current_guard()  # post_worker_init ran before the worker's run()
+        if guard is not None:  # before any connection: every protocol shares the server's set
+            server.server_state.tasks = RequestTasks(guard.after_request)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:

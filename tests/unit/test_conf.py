@@ -150,3 +150,20 @@ def test_a_hook_named_by_a_string_is_resolved_and_composed(load):
     hook(cfg, "post_worker_init")("w")
     assert CALLS == [("by name", "w")]
     assert hooks.compose_into(cfg) == ["post_worker_init"]
+
+
+@pytest.mark.parametrize("user_hook", [False, True], ids=["memguard-alone", "composed-with-the-users"])
+def test_a_workers_post_request_becomes_its_guards_own_check(load, user_hook):
+    """Once the guard runs, gunicorn calls the guard's gated check directly as post_request (no
+    lookup through memguard's hook per request); a user's post_request still runs first."""
+    user = "def post_request(worker, req, environ, resp):\n    calls.append(('user post_request', worker))\n"
+    text = f"from {__name__} import CALLS as calls\n" + (user if user_hook else "")
+    cfg, calls = load(text + IMPORT)
+    hooks.compose_into(cfg)
+    checked: list[Any] = []
+    hooks._bind_post_request(cfg, lambda *args: checked.append(args[0]))
+    cfg.post_request("worker", None, None, None)
+    assert checked == ["worker"]
+    assert calls == ([("user post_request", "worker")] if user_hook else [])
+    if not user_hook:
+        assert hook(cfg, "post_request") is not hooks.post_request

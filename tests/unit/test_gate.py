@@ -19,7 +19,7 @@ MiB = 2**20
 
 
 def test_far_from_a_limit_the_gate_lets_headroom_over_twice_the_step_through():
-    gate = RequestGate()
+    gate = RequestGate(lambda: None)
     gate.reopen(10.0, rss=100 * MiB, estimate=100 * MiB, requests=0, floor=200 * MiB)
     assert gate.left == 100 * MiB // (MARGIN * MIN_STEP)  # no growth seen yet: MIN_STEP assumed
     assert gate.until == 10.0 + 100 * MiB / MAX_RATE  # the time to grow 100 MiB at MAX_RATE (24 ms)
@@ -29,7 +29,7 @@ def test_far_from_a_limit_the_gate_lets_headroom_over_twice_the_step_through():
 
 
 def test_the_step_is_the_largest_seen_and_shrinking_never_lowers_it():
-    gate = RequestGate()
+    gate = RequestGate(lambda: None)
     gate.reopen(0.0, rss=100 * MiB, estimate=100 * MiB, requests=0, floor=200 * MiB)
     gate.reopen(0.1, rss=104 * MiB, estimate=104 * MiB, requests=2, floor=200 * MiB)
     gate.reopen(0.2, rss=90 * MiB, estimate=90 * MiB, requests=3, floor=200 * MiB)
@@ -38,19 +38,19 @@ def test_the_step_is_the_largest_seen_and_shrinking_never_lowers_it():
 
 @pytest.mark.parametrize("estimate", [200 * MiB - MARGIN * MIN_STEP + 1, 200 * MiB, 300 * MiB])
 def test_near_or_over_a_limit_every_request_is_checked(estimate):
-    gate = RequestGate()
+    gate = RequestGate(lambda: None)
     gate.reopen(0.0, rss=estimate, estimate=estimate, requests=0, floor=200 * MiB)
     assert gate.left == 0
 
 
 def test_without_an_absolute_limit_only_the_clock_gates():
-    gate = RequestGate()
+    gate = RequestGate(lambda: None)
     gate.reopen(5.0, rss=MiB, estimate=MiB, requests=0, floor=None)
     assert (gate.left, gate.until) == (UNLIMITED, 5.0 + MAX_GAP)
 
 
 def test_far_away_the_clock_waits_at_most_max_gap():
-    gate = RequestGate()
+    gate = RequestGate(lambda: None)
     gate.reopen(5.0, rss=MiB, estimate=MiB, requests=0, floor=64 * 2**30)
     assert gate.until == 5.0 + MAX_GAP
 

@@ -72,28 +72,38 @@ def test_native_thread_is_a_real_thread_outside_gevent():
     assert done.wait(5) and seen[0] != threading.get_ident()
 
 
-def test_asgi_wrapper_counts_http_and_websocket_but_not_lifespan():
+def test_uvicorn_request_tasks_check_once_per_task_let_go():
+    """uvicorn discards each request's task from its set when the task ends (a done callback):
+    memguard's set checks then, once per task, whether the app returned or raised; a discard of a
+    task it does not hold (again, or never added) is no request."""
     pytest.importorskip("uvicorn")
-    from gunicorn_memguard.workers.uvicorn import checked_after_each_request
+    from gunicorn_memguard.workers.uvicorn import RequestTasks
 
-    class Worker:
-        nr = 0
+    checks: list[int] = []
+    tasks = RequestTasks(lambda: checks.append(len(tasks)))
 
-    calls: list[str] = []
+    async def ok() -> None:
+        await asyncio.sleep(0)
 
-    async def app(scope, receive, send):
-        calls.append(scope["type"])
-        if scope["type"] == "websocket":
-            raise RuntimeError("the app's own error still propagates")
+    async def fails() -> None:
+        raise RuntimeError("the app's own error")
 
-    worker = Worker()
-    wrapped = checked_after_each_request(app, worker)
-    asyncio.run(wrapped({"type": "lifespan"}, None, None))
-    asyncio.run(wrapped({"type": "http"}, None, None))
-    with pytest.raises(RuntimeError):
-        asyncio.run(wrapped({"type": "websocket"}, None, None))
-    assert calls == ["lifespan", "http", "websocket"]
-    assert worker.nr == 2
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        for coro in (ok(), fails()):
+            task = loop.create_task(coro)
+            task.add_done_callback(tasks.discard)  # as uvicorn's HTTP protocols do
+            tasks.add(task)
+        assert len(tasks) == 2
+        ended = list(tasks)
+        await asyncio.gather(*ended, return_exceptions=True)
+        await asyncio.sleep(0)  # the done callbacks run
+        tasks.discard(ended[0])  # again: already let go
+        tasks.discard(loop.create_task(ok()))  # never added
+
+    asyncio.run(serve())
+    assert not tasks
+    assert checks == [1, 0]  # each check after its task had left the set
 
 
 def test_asgi_worker_on_gunicorn_before_24_names_the_gunicorn_needed():

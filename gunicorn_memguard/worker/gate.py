@@ -56,7 +56,7 @@ class RequestGate:
 
     def request_ended(self, worker: Any = None, req: Any = None, environ: Any = None, resp: Any = None) -> None:
         """A request ended: check, unless the gate lets it pass. gunicorn's ``post_request``
-        signature, so that the hook can be this method itself (``hooks.post_worker_init``)."""
+        signature, so that the hook can be this method itself (``hooks._bind_post_request``)."""
         self.left -= 1
         if self.left < 0 or monotonic() >= self.until:
             self.check()

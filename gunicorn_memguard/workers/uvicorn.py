@@ -13,7 +13,7 @@ under the hook module, this class adds:
 - a heartbeat to gunicorn's master while draining, which uvicorn does not send;
 - a check after every HTTP request and WebSocket session (uvicorn never calls ``post_request``),
   ASGI 2 and 3 apps alike, from uvicorn's own set of request tasks (``RequestTasks``), and
-  ``worker.nr`` counts requests for the log line;
+  ``worker.nr`` is uvicorn's own count of requests, for the log line;
 - no config file needed, as for every memguard class.
 """
 

@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -252,6 +253,8 @@ def test_no_server_found_is_said_with_where_it_looked(tmp_path):
 
 def test_several_servers_are_listed_and_a_dead_masters_socket_is_skipped(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    # the temporary directory's servers too: only this test's, not other suites' on the machine
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     (tmp_path / "memguard").mkdir(mode=0o700)
     here = tmp_path / "memguard" / f"{os.getpid()}.sock"
     mine = StatusEndpoint(str(here), lambda: json.dumps({"server": SERVER}).encode(), Lines())

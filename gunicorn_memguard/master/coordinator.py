@@ -100,7 +100,7 @@ class Coordinator:
     def _tick(self, now: float) -> None:
         workers = dict(self.arbiter.WORKERS)
         views = self._views(workers)
-        self._forget_gone(now, workers)
+        self._forget_gone(now, workers, views)
         self.readiness.measure_boots(views)
         self._advance(now, workers, views)
         busy = len(self.retirements) + sum(
@@ -137,22 +137,26 @@ class Coordinator:
                     views[pid] = view
         return views
 
-    def _forget_gone(self, now: float, workers: dict[int, Any]) -> None:
+    def _forget_gone(self, now: float, workers: dict[int, Any], views: dict[int, SlotView]) -> None:
         gone = [pid for pid in self.retirements if pid not in workers]
         retired_itself = {e["pid"] for e in self.exits if e["reason"]} if gone else set()
+        reached_ceiling = []
         for pid in gone:
             retirement = self.retirements.pop(pid)
             self._lower(retirement)
             if retirement.granted:
                 continue
             if pid in retired_itself:  # it reached its ceiling and was gone within one arbiter pass
-                self._drained_first(retirement, now)
+                reached_ceiling.append(retirement)
             else:
                 self.log.warning(
                     "memguard: worker pid=%s left before its turn came (it died or was stopped); "
                     "its retirement slot is free again",
                     pid,
                 )
+        if reached_ceiling and len(self._serving(workers, views)) < self.wanted():
+            for retirement in reached_ceiling:  # with its replacement ready it would only have been first
+                self._drained_first(retirement, now)
         self.readiness.forget(workers)
 
     def _drained_first(self, retirement: Retirement, now: float) -> None:
@@ -164,6 +168,17 @@ class Coordinator:
             retirement.target, now - retirement.started, self.drain_first,
         )  # fmt: skip
 
+    def _serving(self, workers: dict[int, Any], views: dict[int, SlotView]) -> set[int]:
+        """The workers ready to serve that are not leaving: neither granted nor retiring."""
+        granted = {r.target for r in self.retirements.values() if r.granted}
+        return {
+            pid
+            for pid, worker in workers.items()
+            if pid not in granted
+            and not (pid in views and views[pid].state in LEAVING)
+            and self.readiness.ready(pid, worker, views)
+        }
+
     def wanted(self) -> int:
         """The worker count gunicorn wants, without memguard's temporary raises for replacements."""
         return int(self.arbiter.num_workers) - sum(r.raised for r in self.retirements.values())
@@ -172,14 +187,7 @@ class Coordinator:
         """Grant a target once the workers ready to serve without it are at least the count gunicorn
         wants without memguard's raises: a replacement has loaded its app (or TTIN added one)."""
         wanted = self.wanted()
-        granted = {r.target for r in self.retirements.values() if r.granted}
-        serving = {
-            pid
-            for pid, worker in workers.items()
-            if pid not in granted
-            and not (pid in views and views[pid].state in LEAVING)
-            and self.readiness.ready(pid, worker, views)
-        }
+        serving = self._serving(workers, views)
         for retirement in sorted(self.retirements.values(), key=lambda r: r.started):
             view = views.get(retirement.target)
             if retirement.granted:

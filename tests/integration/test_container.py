@@ -149,7 +149,9 @@ def test_without_room_in_the_container_spawn_first_drains_first(baseline_uss, ma
         server = Gunicorn([*HOOKS, "apps.leaky:app"], env, tmp_path / "g.log", workers=1, container=container)
         with server:
             server.wait_ready()
-            result = load(server, "/leak?kib=1024", requests=60, concurrency=1)
+            # the band between soft and hard limit holds 10 of these requests; at 10 a second the
+            # master has 1 s to answer the worker's request for a turn: its loop's longest sleep
+            result = load(server, "/leak?kib=1024", requests=60, concurrency=1, pace=10)
             lines = poll(lambda: server.log_lines("no room for a replacement"), 10, what="the drain-first fallback")
             pid = re.search(r"worker pid=(\d+) retires first", lines[0]).group(1)
             poll(lambda: server.log_lines(f"worker pid={pid} exited gracefully"), 10, what="its exit")

@@ -314,7 +314,8 @@ def test_without_room_for_a_replacement_the_worker_drains_first(baseline_uss, ma
     env = guard_env(limit, 0, MEMGUARD_MAX_TOTAL_MEMORY=f"{limit + master_pss + 12 * MiB}B")
     with Gunicorn([*HOOKS, SLOWBOOT], env, tmp_path / "g.log", workers=1) as server:
         server.wait_ready()
-        result = load(server, "/leak?kib=512", requests=80, concurrency=1)
+        # at 20 requests a second those ~20 requests give the master 1 s, its loop's longest sleep
+        result = load(server, "/leak?kib=512", requests=80, concurrency=1, pace=20)
         assert result.failed == []
         lines = poll(lambda: server.log_lines("no room for a replacement"), 10, what="the drain-first fallback")
         pid = re.search(r"worker pid=(\d+) retires first", lines[0]).group(1)

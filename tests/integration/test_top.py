@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -67,8 +68,16 @@ def top(xdg: Path, *args: str, check: bool = True, **kwargs: object) -> subproce
     return done
 
 
+def retirements(server: Gunicorn) -> dict[int, str]:
+    """Each retired worker's pid and reason, from the log. Most are soft-limit retirements; a spare
+    started ahead of one (predictive spawn-first) retires with reason ``spare`` when the load stops
+    before its worker reaches the limit, as the load here does between steps."""
+    lines = server.log_lines("memguard: retiring worker")
+    return {int(m[1]): m[2] for m in (re.search(r"pid=(\d+) .* reason=(\w+)", line) for line in lines) if m}
+
+
 def retired_pids(server: Gunicorn) -> set[int]:
-    return {int(re.search(r"pid=(\d+)", line).group(1)) for line in server.log_lines("memguard: retiring worker")}
+    return set(retirements(server))
 
 
 def leak_until_retired(server: Gunicorn, count: int) -> set[int]:
@@ -101,14 +110,14 @@ def test_json_and_once_show_the_live_workers_and_the_last_retirements(served):
     server, xdg, limit = served
     master = server.proc.pid
 
-    def settled() -> tuple[dict, set[int]] | None:
-        retired = retired_pids(server)  # read first: a retirement logged after it is in neither
+    def settled() -> tuple[dict, dict[int, str]] | None:
+        retired = retirements(server)  # read first: a retirement logged after it is in neither
         doc = json.loads(top(xdg, "--json", "--pid", str(master)).stdout)
         rows = doc["workers"]
         return (
             {row["pid"] for row in rows} == server.worker_pids()
             and all(row["state"] == "serving" and row["memory"] for row in rows)  # each read exactly once
-            and retired <= {gone["pid"] for gone in doc["exits"]}
+            and retired.keys() <= {gone["pid"] for gone in doc["exits"]}
             and (doc, retired)
         )
 
@@ -123,18 +132,22 @@ def test_json_and_once_show_the_live_workers_and_the_last_retirements(served):
         assert 0 <= row["age"] < 120, row
     # a replacement started ahead of a retirement (spawn-first) is a third worker for a moment
     assert doc["totals"]["workers"] == len(doc["workers"]) in (2, 3), doc
-    assert doc["totals"]["retirements"]["soft_limit"] >= len(retired)
-    for gone in doc["exits"]:  # every exit of this server is a soft-limit retirement, ended gracefully
-        assert gone["pid"] in retired_pids(server) and not psutil.pid_exists(gone["pid"]), gone
-        assert (gone["outcome"], gone["reason"]) == ("graceful", "soft_limit"), gone
-        assert gone["memory"] >= limit * 0.9 - 1, gone  # it retired past its jittered limit
+    for why, count in Counter(retired.values()).items():
+        assert doc["totals"]["retirements"][why] >= count, doc
+    reasons = retirements(server)  # read after the document: every exit in it was logged before
+    for gone in doc["exits"]:  # every exit of this server is a retirement it logged, ended gracefully
+        assert gone["pid"] in reasons and not psutil.pid_exists(gone["pid"]), gone
+        assert (gone["outcome"], gone["reason"]) == ("graceful", reasons[gone["pid"]]), gone
+        assert gone["reason"] in ("soft_limit", "spare"), gone
+        if gone["reason"] == "soft_limit":
+            assert gone["memory"] >= limit * 0.9 - 1, gone  # it retired past its jittered limit
 
     # --once: the same rows as a plain table; and with one server of this user, no --pid is needed
     once = top(xdg, "--once").stdout
     assert f"master pid {master}," in once.splitlines()[0]
     rows = [line.split() for line in once.splitlines() if line[:1].isdigit() and "pid" not in line]
     assert {int(cells[1]) for cells in rows} == server.worker_pids(), once
-    assert any(f"pid {pid}  graceful  reason soft_limit" in once for pid in retired), once
+    assert any(f"pid {pid}  graceful  reason {why}" in once for pid, why in retired.items()), once
 
     # the socket: owner-only, held by the master, not by any worker (they close their copies)
     path = xdg / "memguard" / f"{master}.sock"
@@ -162,10 +175,10 @@ def test_the_live_view_refreshes_in_place_in_a_real_terminal(served):
     def pane() -> str:
         return subprocess.run([*tmux, "capture-pane", "-p", "-t", "top"], capture_output=True, text=True).stdout
 
-    def showing(pids: set[int], retired: set[int]) -> str | None:
+    def showing(pids: set[int], gone: dict[int, str]) -> str | None:
         text = pane()
         rows = {int(m.group(1)) for m in re.finditer(r"^\s*\d+\s+(\d+)\s+serving\b", text, re.M)}
-        return rows == pids and all(f"pid {pid}  graceful  reason soft_limit" in text for pid in retired) and text
+        return rows == pids and all(f"pid {pid}  graceful  reason {why}" in text for pid, why in gone.items()) and text
 
     subprocess.run(
         [*tmux, "new-session", "-d", "-x", "160", "-y", "40", "-s", "top", command, ";", "set", "remain-on-exit", "on"],
@@ -175,7 +188,7 @@ def test_the_live_view_refreshes_in_place_in_a_real_terminal(served):
         first = _or_show(
             pane,
             lambda: poll(
-                lambda: showing(server.worker_pids(), retired_pids(server)),
+                lambda: showing(server.worker_pids(), retirements(server)),
                 20,
                 0.2,
                 what="the pane to show the workers",
@@ -186,7 +199,10 @@ def test_the_live_view_refreshes_in_place_in_a_real_terminal(served):
         later = _or_show(
             pane,
             lambda: poll(
-                lambda: showing(server.worker_pids(), gone), 20, 0.2, what="the pane to show the replacements"
+                lambda: showing(server.worker_pids(), {pid: retirements(server)[pid] for pid in gone}),
+                20,
+                0.2,
+                what="the pane to show the replacements",
             ),
         )
         assert later.count("gunicorn apps.leaky:app on") == 1, later

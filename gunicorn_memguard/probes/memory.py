@@ -150,16 +150,24 @@ class MemoryProbe:
                 pass
 
 
+def process_rollup(pid: int) -> dict[str, int] | None:
+    """Another process's PSS, USS and RSS in bytes from its ``smaps_rollup`` (sub-millisecond;
+    psutil reads the whole ``smaps``), None if it is gone (a zombie's has no values) or unreadable."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            return _parse_rollup(fh.read().decode("ascii", "replace"))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def process_pss(pid: int) -> int | None:
     """Another process's PSS in bytes (the master reads its workers'), None if it is gone.
 
     PSS splits each shared page between the processes that map it, so a sum over workers counts
     the master's copy-on-write pages once, as the kernel charges them."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
-            return _parse_rollup(fh.read().decode("ascii", "replace"))["pss"]
-    except (OSError, KeyError, ValueError):
-        pass
+    rollup = process_rollup(pid)
+    if rollup is not None:
+        return rollup["pss"]
     try:
         return int(psutil.Process(pid).memory_full_info().pss)
     except (psutil.Error, AttributeError):

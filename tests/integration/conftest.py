@@ -6,6 +6,7 @@ import psutil
 import pytest
 
 from bench.harness import Gunicorn, poll
+from gunicorn_memguard.probes.memory import process_rollup
 
 MiB = 2**20
 KiB = 2**10
@@ -52,17 +53,9 @@ def measure_idle(args: list[str], app: str, gc_path: str = "/gc") -> Idle:
 
 
 def private_beyond_rss(pid: int) -> int | None:
-    """USS − RSS of ``pid`` (minus the shared pages it has resident), from its ``smaps_rollup``:
-    sub-millisecond, where psutil's full ``smaps`` read takes milliseconds. None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
-            lines = fh.read().splitlines()[1:]
-    except OSError:
-        return None
-    kb = {key: int(value.split()[0]) for key, _, value in (line.partition(b":") for line in lines)}
-    if b"Rss" not in kb:  # a zombie: its memory is gone
-        return None
-    return (kb[b"Private_Clean"] + kb[b"Private_Dirty"] + kb[b"Private_Hugetlb"] - kb[b"Rss"]) * 1024
+    """USS − RSS of ``pid`` (minus the shared pages it has resident), None once it is gone."""
+    rollup = process_rollup(pid)
+    return None if rollup is None else rollup["uss"] - rollup["rss"]
 
 
 def measure_exit_unshare(args: list[str], app: str, limit: int, retirements: int = 3) -> int:

@@ -143,10 +143,13 @@ def test_json_and_once_show_the_live_workers_and_the_last_retirements(served):
             assert gone["memory"] >= limit * 0.9 - 1, gone  # it retired past its jittered limit
 
     # --once: the same rows as a plain table; and with one server of this user, no --pid is needed
-    once = top(xdg, "--once").stdout
+    def once_settled() -> str | None:  # a spare that leaves between the snapshot and psutil's look: again
+        once = top(xdg, "--once").stdout
+        rows = [line.split() for line in once.splitlines() if line[:1].isdigit() and "pid" not in line]
+        return {int(cells[1]) for cells in rows} == server.worker_pids() and once
+
+    once = poll(once_settled, timeout=20, interval=0.2, what="memguard top --once to show the live workers")
     assert f"master pid {master}," in once.splitlines()[0]
-    rows = [line.split() for line in once.splitlines() if line[:1].isdigit() and "pid" not in line]
-    assert {int(cells[1]) for cells in rows} == server.worker_pids(), once
     assert any(f"pid {pid}  graceful  reason {why}" in once for pid, why in retired.items()), once
 
     # the socket: owner-only, held by the master, not by any worker (they close their copies)

@@ -91,6 +91,8 @@ def pre_fork(server: Any, worker: Any) -> None:
 def child_exit(server: Any, worker: Any) -> None:
     master = runtime.current()
     if master is not None:
+        if master.coordinator is not None:  # first: in the same step as gunicorn's removal of the worker
+            master.coordinator.worker_left(worker.pid)
         exits.report_exit(master, worker, server.log, server.cfg)
         limits.resolve_limits(master, server)
 

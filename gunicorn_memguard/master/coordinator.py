@@ -291,6 +291,18 @@ class Coordinator:
         if slot is not None:
             self.scoreboard.grant(slot, retirement.reason)
 
+    def worker_left(self, pid: int) -> None:
+        """gunicorn has just taken ``pid`` out of ``WORKERS`` (its ``child_exit`` hook, in the same
+        step): undo the raise made for its replacement now. Left to the next tick, gunicorn 22/23,
+        which reaps in its SIGCHLD handler, could take the worker out between the tick's copy of
+        ``WORKERS`` and ``manage_workers``, see one worker missing with the raise still on, fork one
+        more, and at the next pass SIGTERM its oldest worker — a serving replacement — for the
+        surplus. ``wanted()`` is unchanged (the count and the raise go together)."""
+        retirement = self.retirements.get(pid)
+        if retirement is not None:
+            self._lower(retirement)
+            retirement.raised = False
+
     def _lower(self, retirement: Retirement) -> None:
         """Undo a raise; never to 0 (TTOU never goes below 1 either, and WINCH's 0 stays)."""
         if retirement.raised and self.arbiter.num_workers > 1:

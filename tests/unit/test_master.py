@@ -15,6 +15,8 @@ from gunicorn.config import Config
 from gunicorn_memguard import hooks
 from gunicorn_memguard.master import arbiter, runtime
 from gunicorn_memguard.master.coordinator import Coordinator
+from gunicorn_memguard.master.spares import Retirement
+from gunicorn_memguard.policy import Reason
 from gunicorn_memguard.report.lines import Death
 from gunicorn_memguard.settings import Settings
 from gunicorn_memguard.shared.scoreboard import Scoreboard
@@ -142,3 +144,20 @@ def test_the_coordinator_ticks_before_manage_workers_and_pauses_across_a_reload(
     server.reload()
     assert server.calls == ["manage", "reload", "manage"] and ticks == [False, True]
     assert coordinator.retirements == {} and not coordinator._paused
+
+
+def test_the_raise_for_a_replacement_goes_when_gunicorn_reaps_its_worker_not_a_tick_later():
+    """gunicorn 22/23 reap in the SIGCHLD handler, between the coordinator's tick and
+    ``manage_workers``: were the raise still on then, gunicorn would fork a worker too many."""
+    server = Arbiter()
+    coordinator = Coordinator(server, Settings(), Scoreboard(slots=4), Lines())
+    server.WORKERS = {7: object(), 8: object(), 9: object()}  # 9: the replacement started for 7
+    coordinator.retirements[7] = Retirement(7, Reason.SOFT_LIMIT, 0.0, raised=True, granted=True)
+    server.num_workers = 3
+    assert coordinator.wanted() == 2
+    del server.WORKERS[7]  # gunicorn's reap, then its child_exit hook
+    coordinator.worker_left(7)
+    assert server.num_workers == len(server.WORKERS) == 2 and coordinator.wanted() == 2
+    coordinator.worker_left(8)  # not retiring: nothing to undo
+    coordinator.tick()  # the next pass forgets the retirement without lowering the count again
+    assert server.num_workers == 2 and coordinator.retirements == {}

@@ -93,7 +93,7 @@ class Guard:
         self._reclaiming = False
         self._broken = False
         self.cadence = Cadence(settings.check_interval)
-        self.gate = RequestGate(self._request_check)
+        self.gate = RequestGate(self._request_check, worker)
         # what a request runs (gunicorn's post_request hook, uvicorn's request tasks): the gate's own method
         self.after_request: Callable[..., None] = self.gate.request_ended
         # Shared with the sampler OS thread: unpatched primitives even under gevent.
@@ -118,7 +118,7 @@ class Guard:
     # -- feeding ------------------------------------------------------------------------
     def _request_check(self) -> None:
         """The request-boundary check, for the requests the gate does not let pass (``after_request``
-        is the gate's): while the limits are far, most requests end with a decrement and a clock
+        is the gate's): while the limits are far, most requests end with a comparison and a clock
         read; near them, each is checked."""
         try:
             if self.retiring is None and not self._broken:

@@ -72,6 +72,22 @@ def overshoot_bound(clients: int, per_request: int) -> int:
     return 2 * clients * per_request
 
 
+def assert_bounded(watch: MemoryWatch, mode: str, limit: int, per_request: int) -> tuple[int, int]:
+    """The peak USS seen, within the limit + ``overshoot_bound`` + the pages a worker turns private
+    without allocating, which the guard's estimate between exact reads does not see: at its first
+    full collection (conftest.Idle) and as it retires (conftest.measure_exit_unshare), each measured
+    on this machine. Returns (peak, bound)."""
+    args, app = ALL_MODES[mode]
+    requests = overshoot_bound(CLIENTS, per_request)
+    unshared = idle(tuple(args), app).gc_unshare + exit_unshare(tuple(args), app)
+    peak, bound = max(watch.peak.values()), limit + requests + unshared
+    assert peak <= bound, (
+        f"peak {peak / MiB:.1f} MiB > limit {limit / MiB:.1f} + {requests / MiB:.1f} MiB of requests "
+        f"+ {unshared / MiB:.2f} MiB unshared"
+    )
+    return peak, bound
+
+
 def hide_uvicorn_worker(tmp_path: Path) -> dict[str, str]:
     """Env in which ``import uvicorn_worker`` fails, as where only uvicorn is installed."""
     shadow = tmp_path / "no-uvicorn-worker" / "uvicorn_worker"
@@ -141,18 +157,7 @@ def test_leaking_workers_are_retired_gracefully_under_concurrent_load(mode, tmp_
 
         assert result.failed == [], f"failed requests: {result.failed[:10]}"
         assert set(watch.peak) - first, "no worker was replaced"
-        peak = max(watch.peak.values())
-        # + the pages a worker turns private without allocating, which the guard's estimate between
-        # exact reads does not see: at its first full collection (conftest.Idle) and as it retires
-        # (conftest.measure_exit_unshare), each measured on this machine
-        args, app = ALL_MODES[mode]
-        requests = overshoot_bound(CLIENTS, LEAK_KIB * KiB)
-        unshared = idle(tuple(args), app).gc_unshare + exit_unshare(tuple(args), app)
-        bound = limit + requests + unshared
-        assert peak <= bound, (
-            f"peak {peak / MiB:.1f} MiB > limit {limit / MiB:.1f} + {requests / MiB:.1f} MiB of requests "
-            f"+ {unshared / MiB:.2f} MiB unshared"
-        )
+        peak, bound = assert_bounded(watch, mode, limit, LEAK_KIB * KiB)
         retired = retired_pids(server)
         # 1200 x 128 KiB = 150 MiB leaked over 2 workers with under 30 MiB headroom each
         assert len(retired) >= 3
@@ -168,6 +173,28 @@ def test_leaking_workers_are_retired_gracefully_under_concurrent_load(mode, tmp_
             f"{mode}: {len(retired)} retirements, peak uss {peak / MiB:.1f} MiB, limit {limit / MiB:.1f} MiB "
             f"(+{(peak - limit) / MiB:.1f}, bound +{(bound - limit) / MiB:.1f}), {watch.samples} samples"
         )
+
+
+def test_a_uvicorn_worker_far_from_its_limit_checks_on_its_loop_clock_and_keeps_the_bound(tmp_path):
+    """Starting 120 MiB below its limit, a uvicorn worker lets requests end with no memguard code
+    and checks on a timer of its event loop (``workers/uvicorn.LoopClock``) until its limit is
+    within 41 MiB (10 ms of growth at 4 GiB/s); from there each request goes through the gate
+    again. So the peak keeps the bound of a check after every request: had the clock stopped
+    checking, only the sampler would, every 200 ms."""
+    mode, kib = "class-uvicorn", 256
+    server, limit = start(mode, 120 * MiB, tmp_path, env=ceiling_env)
+    with server:
+        first = server.worker_pids()
+        watch = MemoryWatch(server, metric="uss")
+        # 2 workers x 120 MiB of headroom / 256 KiB = 960 requests per round of retirements
+        result = load(server, f"/leak?kib={kib}", requests=2400, concurrency=CLIENTS)
+        watch.stop()
+        assert result.failed == [], f"failed requests: {result.failed[:10]}"
+        assert set(watch.peak) - first, "no worker was replaced"
+        peak, _ = assert_bounded(watch, mode, limit, kib * KiB)
+        assert len(retired_pids(server)) >= 2
+        wait_gone(server, set(retired_pids(server)))
+        print(f"{len(retired_pids(server))} retirements, peak uss +{(peak - limit) / MiB:.1f} MiB over the limit")
 
 
 def stream_then_check_closed(server: Gunicorn, path: str, out: list[object]) -> None:

@@ -19,17 +19,34 @@ MiB = 2**20
 
 
 def test_far_from_a_limit_the_gate_lets_headroom_over_twice_the_step_through():
-    gate = RequestGate(lambda: None)
+    gate = RequestGate(lambda: None, types.SimpleNamespace(nr=0))
     gate.reopen(10.0, rss=100 * MiB, estimate=100 * MiB, requests=0, floor=200 * MiB)
     assert gate.left == 100 * MiB // (MARGIN * MIN_STEP)  # no growth seen yet: MIN_STEP assumed
     assert gate.until == 10.0 + 100 * MiB / MAX_RATE  # the time to grow 100 MiB at MAX_RATE (24 ms)
     gate.reopen(10.1, rss=110 * MiB, estimate=110 * MiB, requests=10, floor=200 * MiB)  # 1 MiB a request
     assert gate.step == MiB
     assert gate.left == 90 * MiB // (MARGIN * MiB) == 45
+    assert gate.stop_at == 10 + 45
+
+
+def test_requests_pass_until_the_workers_own_count_reaches_the_gates_stop():
+    """The count condition reads the worker's request count (gunicorn's ``nr``, incremented as each
+    request starts): after a check at 10 requests with room for 45, requests 11–54 pass and the
+    55th is checked (the clock is set far off here, so only the count gates)."""
+    worker = types.SimpleNamespace(nr=10)
+    checks: list[int] = []
+    gate = RequestGate(lambda: checks.append(worker.nr), worker)
+    gate.step = MiB
+    gate.reopen(time.monotonic(), rss=110 * MiB, estimate=110 * MiB, requests=10, floor=200 * MiB)
+    gate.until = time.monotonic() + 3600
+    for count in range(11, 56):
+        worker.nr = count
+        gate.request_ended(worker, None, None, None)
+    assert checks == [55]
 
 
 def test_the_step_is_the_largest_seen_and_shrinking_never_lowers_it():
-    gate = RequestGate(lambda: None)
+    gate = RequestGate(lambda: None, types.SimpleNamespace(nr=0))
     gate.reopen(0.0, rss=100 * MiB, estimate=100 * MiB, requests=0, floor=200 * MiB)
     gate.reopen(0.1, rss=104 * MiB, estimate=104 * MiB, requests=2, floor=200 * MiB)
     gate.reopen(0.2, rss=90 * MiB, estimate=90 * MiB, requests=3, floor=200 * MiB)
@@ -38,19 +55,19 @@ def test_the_step_is_the_largest_seen_and_shrinking_never_lowers_it():
 
 @pytest.mark.parametrize("estimate", [200 * MiB - MARGIN * MIN_STEP + 1, 200 * MiB, 300 * MiB])
 def test_near_or_over_a_limit_every_request_is_checked(estimate):
-    gate = RequestGate(lambda: None)
+    gate = RequestGate(lambda: None, types.SimpleNamespace(nr=0))
     gate.reopen(0.0, rss=estimate, estimate=estimate, requests=0, floor=200 * MiB)
     assert gate.left == 0
 
 
 def test_without_an_absolute_limit_only_the_clock_gates():
-    gate = RequestGate(lambda: None)
+    gate = RequestGate(lambda: None, types.SimpleNamespace(nr=0))
     gate.reopen(5.0, rss=MiB, estimate=MiB, requests=0, floor=None)
     assert (gate.left, gate.until) == (UNLIMITED, 5.0 + MAX_GAP)
 
 
 def test_far_away_the_clock_waits_at_most_max_gap():
-    gate = RequestGate(lambda: None)
+    gate = RequestGate(lambda: None, types.SimpleNamespace(nr=0))
     gate.reopen(5.0, rss=MiB, estimate=MiB, requests=0, floor=64 * 2**30)
     assert gate.until == 5.0 + MAX_GAP
 

@@ -106,6 +106,145 @@ def test_uvicorn_request_tasks_check_once_per_task_let_go():
     assert checks == [1, 0]  # each check after its task had left the set
 
 
+class _Served:
+    """A uvicorn server's request path in miniature, on a real loop: uvicorn's own ServerState,
+    memguard's real gate, task set and loop clock; the guard's check counts and regates as the
+    guard does, with the nearest limit ``headroom`` bytes away."""
+
+    def __init__(self, headroom: int, step: float = 0.0) -> None:
+        from uvicorn.server import ServerState
+
+        from gunicorn_memguard.worker.gate import RequestGate
+        from gunicorn_memguard.workers.uvicorn import LoopClock, RequestTasks
+
+        self.checks: list[int] = []
+        self.errors: list[str] = []
+        self.headroom = headroom
+        self.gate = RequestGate(self._check, self)
+        self.gate.step = step
+        self.state = ServerState()
+        self.tasks = self.state.tasks = RequestTasks(self.gate.request_ended)
+        self.clock = LoopClock(self.gate, self.tasks, self.state, asyncio.get_running_loop(), self)
+        self.gate.reopen(time.monotonic(), 0, 0, 0, headroom)  # the guard's first check
+
+    @property
+    def nr(self) -> int:
+        """The requests served, as memguard's uvicorn worker reads them: uvicorn's own count."""
+        return self.state.total_requests
+
+    def _check(self) -> None:
+        self.checks.append(self.state.total_requests)
+        self.gate.reopen(time.monotonic(), 0, 0, self.state.total_requests, self.headroom)
+
+    def error(self, *args: object) -> None:
+        self.errors.append(args[0] % args[1:])  # type: ignore[operator]
+
+    async def requests(self, count: int) -> None:
+        """``count`` requests one after another, each as uvicorn's HTTP protocols run one."""
+        loop = asyncio.get_running_loop()
+        for _ in range(count):
+            task = loop.create_task(asyncio.sleep(0))
+            task.add_done_callback(self.tasks.discard)  # looked up as the task starts, as uvicorn does
+            self.tasks.add(task)
+            await task
+            await asyncio.sleep(0)  # its done callback runs
+            self.state.total_requests += 1  # uvicorn counts a request as its response completes
+
+    @property
+    def each_checked(self) -> bool:
+        from gunicorn_memguard.workers.uvicorn import RequestTasks, UncheckedTasks
+
+        assert isinstance(self.tasks, (RequestTasks, UncheckedTasks))
+        return type(self.tasks).discard is RequestTasks.discard
+
+
+def test_uvicorn_requests_far_from_the_limits_end_unchecked_and_the_loop_clock_checks_at_the_deadline():
+    """Far from the limits (1 GiB): after the clock's first tick uvicorn lets requests go with the
+    set's own discard, so 50 requests run no memguard code; at the gate's deadline the clock checks
+    once, because requests ended; at the next deadline, with none ended and no task running (an
+    idle worker), it does not."""
+    pytest.importorskip("uvicorn")
+
+    async def serve() -> None:
+        served = _Served(headroom=2**30)
+        await served.requests(3)  # before the first tick: through the gate, which lets them pass
+        delay = served.clock._tick()
+        assert not served.each_checked and delay is not None and 0 < delay <= 0.1
+        await served.requests(50)
+        assert served.checks == []
+        await asyncio.sleep(delay)
+        served.clock._tick()
+        assert served.checks == [53]
+        await asyncio.sleep(0.1)  # the next deadline (the gap is at most 0.1 s)
+        served.clock._tick()
+        assert served.checks == [53] and served.errors == []
+
+    asyncio.run(serve())
+
+
+def test_uvicorn_requests_near_a_limit_are_each_checked():
+    """1 MiB from the limit the gate's deadline is 0.24 ms away (at 4 GiB/s), too near for a timer:
+    every request goes through the gate. 64 KiB away (less than twice the smallest growth per
+    request it assumes), the gate lets none pass: each one is checked."""
+    pytest.importorskip("uvicorn")
+
+    async def serve() -> None:
+        served = _Served(headroom=2**20)
+        served.clock._tick()
+        assert served.each_checked
+
+        near = _Served(headroom=64 * 2**10)
+        near.clock._tick()
+        assert near.each_checked and near.gate.left == 0
+        await near.requests(3)
+        assert near.checks == [0, 1, 2]
+
+    asyncio.run(serve())
+
+
+def test_uvicorn_requests_come_through_the_gate_while_they_could_use_up_its_count_before_the_timer():
+    """A worker that grew 8 MiB per request, 800 MiB from its limit: the gate lets 50 requests
+    (800 MiB ÷ 2 × 8 MiB) end unchecked within 0.1 s. 300 requests served between two ticks (within
+    1.2 s, so faster than 250/s: twice that rate would use up the 50 in 0.1 s) turn per-request
+    checking back on at the next tick."""
+    pytest.importorskip("uvicorn")
+
+    async def serve() -> None:
+        served = _Served(headroom=800 * 2**20, step=8 * 2**20)
+        assert served.gate.left == 50
+        served.clock._tick()
+        assert not served.each_checked  # no rate seen yet
+        started = time.monotonic()
+        await served.requests(300)
+        await asyncio.sleep(served.clock.MIN_GAP)  # the clock measures the rate over at least this
+        served.clock._tick()
+        assert time.monotonic() - started < 1.2, "too slow to show the rate"
+        assert served.each_checked
+
+    asyncio.run(serve())
+
+
+def test_uvicorn_loop_clock_stops_when_the_guard_no_longer_checks_and_survives_its_own_fault():
+    """A retiring worker (the gate never opens again) needs no clock; a fault inside the clock is
+    one log line, and requests go through the gate from then on."""
+    pytest.importorskip("uvicorn")
+
+    async def serve() -> None:
+        served = _Served(headroom=2**30)
+        served.clock._tick()
+        assert not served.each_checked
+        served.gate.never()
+        assert served.clock._tick() is None and served.each_checked
+
+        broken = _Served(headroom=2**30)
+        broken.clock._tick()
+        broken.clock.state = None  # reading uvicorn's request count fails
+        broken.clock.tick()
+        assert broken.each_checked and len(broken.errors) == 1 and "request clock failed" in broken.errors[0]
+
+    asyncio.run(serve())
+
+
 def test_asgi_worker_on_gunicorn_before_24_names_the_gunicorn_needed():
     out = run_python(
         "import gunicorn; gunicorn.version_info = (23, 0, 0); gunicorn.__version__ = '23.0.0'\n"

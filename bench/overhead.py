@@ -73,6 +73,9 @@ def _guard(near: bool) -> Iterator[tuple[Guard, SimpleNamespace]]:
     guard.after_request()
     if near:  # the gate's step as if a request could take the whole headroom: each one is checked
         guard.gate.step = float(limit - uss)
+        guard.gate.close()
+        guard.after_request()  # checked again, with that step
+        assert guard.gate.left == 0, "the near guard lets requests pass"
     installed = runtime._runtime
     runtime._runtime = SimpleNamespace(guard=guard)  # type: ignore[assignment]
     try:
@@ -122,6 +125,7 @@ def wsgi_cost(near: bool, n: int = 200_000) -> float:
         def calls(hook: Callable[..., None]) -> Callable[[int], None]:
             def run(count: int) -> None:
                 for _ in range(count):
+                    worker.nr += 1  # gunicorn counts the request before its hook (the gate reads it)
                     hook(worker, None, None, None)
 
             return run

@@ -3,7 +3,8 @@
 1. in-process: the nanoseconds memguard adds to each request, per worker class, far from the limits
    (with the CPU's caches warm, and cold as after a real request) and near them, where every
    request is checked — the path a real worker runs (gunicorn's ``post_request`` hook, which is
-   the guard's gate; uvicorn's request-task set; the ASGI dispatch of gunicorn's asgi worker), on a
+   the guard's gate, or gunicorn's own no-op while a gevent worker's request clock checks;
+   uvicorn's request-task set; the ASGI dispatch of gunicorn's asgi worker), on a
    real guard of this process; and the sampler thread beside a busy worker;
 2. served, on hello world with one worker per server and ``wrk`` (1 thread, 16 keep-alive
    connections): memguard's worker class ÷ the stock one in throughput, p99 and the worker's CPU
@@ -42,6 +43,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import psutil
+from gunicorn.config import PostRequest
 
 from bench import run
 from bench.harness import ROOT, Gunicorn
@@ -94,8 +96,7 @@ def _per_call(run: Callable[[int], None], n: int) -> float:
     return best
 
 
-def _stock_hook(*args: Any) -> None:
-    return None
+_stock_hook: Callable[..., None] = PostRequest.default  # what gunicorn calls without memguard: its no-op
 
 
 def _cold_extra(ours: Callable[[], None], stock: Callable[[], None], n: int = 2_000) -> float:
@@ -150,6 +151,45 @@ def wsgi_cold_cost() -> float:
         return _cold_extra(request(guard.after_request), request(_stock_hook))
 
 
+def _clocked_hook(guard: Guard, near: bool) -> Callable[..., None]:
+    """The post_request hook of memguard's gevent worker as its request clock leaves it, on a real
+    gunicorn config: far from the limits gunicorn's own no-op (the hub timer checks); near them the
+    guard's gated check."""
+    from gunicorn.config import Config
+
+    from gunicorn_memguard import hooks
+
+    cfg = Config()
+    cfg.set("post_request", hooks.post_request)  # as compose_into does in the master
+    hooks._bind_post_request(cfg, guard.after_request)
+    switch = hooks.request_switch(cfg, guard.after_request)
+    assert switch is not None, "the guard's hook is not the worker's"
+    switch(near)
+    return cfg.settings["post_request"].get()  # type: ignore[no-any-return]
+
+
+def _hook_calls(worker: SimpleNamespace, hook: Callable[..., None]) -> Callable[[int], None]:
+    def run(count: int) -> None:
+        for _ in range(count):
+            worker.nr += 1  # gunicorn counts the request before its hook (the gate reads it)
+            hook(worker, None, None, None)
+
+    return run
+
+
+def gevent_costs() -> tuple[float, float, float]:
+    """gevent: far (warm, cold) and near, the clocked hook minus gunicorn's no-op."""
+    with _guard(False) as (guard, worker):
+        ours, stock = _hook_calls(worker, _clocked_hook(guard, False)), _hook_calls(worker, _stock_hook)
+        far = _per_call(ours, 200_000) - _per_call(stock, 200_000)
+        cold = _cold_extra(lambda: ours(1), lambda: stock(1))
+    with _guard(True) as (guard, worker):
+        ours, stock = _hook_calls(worker, _clocked_hook(guard, True)), _hook_calls(worker, _stock_hook)
+        near = _per_call(ours, 200_000) - _per_call(stock, 200_000)
+        assert guard.retiring is None, "the guard retired during the measurement"
+    return far, cold, near
+
+
 def _tasks_run(tasks: set[Any]) -> Callable[[int], None]:
     task = object()
 
@@ -162,7 +202,7 @@ def _tasks_run(tasks: set[Any]) -> Callable[[int], None]:
 
 
 def _request_tasks(guard: Guard, near: bool) -> set[Any]:
-    """memguard's set of request tasks as the loop clock leaves it: far from the limits, letting
+    """memguard's set of request tasks as the request clock leaves it: far from the limits, letting
     tasks go with the set's own discard (the clock checks on a timer); near them, through the gate."""
     from gunicorn_memguard.workers.uvicorn import RequestTasks
 
@@ -214,6 +254,7 @@ def in_process_table() -> str:
     hook = (wsgi_cost(False), wsgi_cold_cost(), wsgi_cost(True))
     dispatch = asgi_dispatch_cost()
     paths = {
+        "gevent": ("gunicorn's post_request hook (far: gunicorn's own no-op, a hub timer checks)", gevent_costs()),
         "uvicorn": (
             "uvicorn's request-task set letting a task go (far: the set's own discard, a loop timer checks)",
             (uvicorn_cost(False), uvicorn_cold_cost(), uvicorn_cost(True)),

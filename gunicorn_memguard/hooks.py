@@ -133,6 +133,29 @@ def _bind_post_request(cfg: Any, after_request: Callable[..., None]) -> None:
         current.ours = after_request
 
 
+def request_switch(cfg: Any, after_request: Callable[..., None]) -> Callable[[bool], None] | None:
+    """Once ``_bind_post_request`` made this worker's ``post_request`` the guard's: a switch
+    between that gated check (True) and gunicorn's own no-op hook (False), for a worker whose
+    event loop checks on a timer while the limits are far (``worker/clock.py``). None if
+    memguard's hook is not this worker's (a user's config replaced it)."""
+    setting = cfg.settings["post_request"]
+    current, unchecked = setting.get(), setting.default
+    if current is after_request:
+
+        def switch(checked: bool) -> None:
+            setting.value = after_request if checked else unchecked  # gunicorn reads it per request
+
+        return switch
+    if isinstance(current, Composed) and current.ours is after_request:
+        composed = current
+
+        def switch_ours(checked: bool) -> None:
+            composed.ours = after_request if checked else unchecked  # the user's hook runs as before
+
+        return switch_ours
+    return None
+
+
 def current_guard() -> Guard | None:
     """The guard of this worker process, once post_worker_init ran."""
     inherited = runtime.current()

@@ -25,8 +25,8 @@ What a request runs is ``RequestGate.request_ended``, called as gunicorn's ``pos
 itself: in a serving worker the cost of a check that lets a request pass is that of the memory it
 touches, not of its instructions (cold, a lookup of the guard through memguard's hook and runtime
 cost 3.6 µs more than a no-op hook; the gate's own method 1.0 µs), so it touches only the gate.
-uvicorn's worker goes further: while the conditions above leave room for a timer, its event loop
-checks at ``until`` and requests end with no memguard code at all (``workers/uvicorn.LoopClock``).
+memguard's uvicorn and gevent workers go further: while the conditions above leave room for a timer, their event loop
+checks at ``until`` and requests end with no memguard code at all (``clock.py``).
 """
 
 from __future__ import annotations

@@ -78,10 +78,13 @@ class GeventDrain:
     ``run_callback_threadsafe`` also wakes it). The parent's loop then drains as on SIGTERM.
 
     A keep-alive connection whose response was under way when the retirement began would then
-    wait up to ``keepalive`` seconds for another request (a request that starts after it is answered
-    with ``Connection: close``), so each request of the worker ends by checking ``alive``: once
-    retiring, its connection is closed right after the response and the client reconnects to a
-    healthy worker.
+    wait up to ``keepalive`` seconds for another request and serve it (a request that starts after
+    ``alive`` is cleared is answered with ``Connection: close``), so a retirement also makes the
+    worker's ``post_request`` hook mark each request that ends as the connection's last
+    (``req.force_close()``, read by gunicorn's parser before it waits for the next request, on
+    22–27): the connection closes right after its response and the client reconnects to a healthy
+    worker. Nothing of this runs per request before a retirement (a wrapper around
+    ``handle_request`` did, on every request).
     """
 
     def __init__(self, worker: Any) -> None:
@@ -95,7 +98,7 @@ class GeventDrain:
             worker.server_class = self._recording(worker.server_class)
         else:
             ggevent.StreamServer = self._recording(ggevent.StreamServer)
-        worker.handle_request = self._closing_when_retired(worker.handle_request)  # shadows the method
+        self._closing: Callable[..., None] | None = None
 
     def _recording(self, server_class: type) -> type:
         servers = self.servers
@@ -107,22 +110,33 @@ class GeventDrain:
 
         return Recorded
 
-    def _closing_when_retired(self, handle_request: Callable[..., Any]) -> Callable[..., Any]:
-        worker = self.worker
-
-        def handle_request_then_close_if_retiring(listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
-            handled = handle_request(listener_name, req, sock, addr)  # gunicorn 22-27's signature
-            if not worker.alive:
-                raise StopIteration  # the worker's connection loop closes the connection
-            return handled
-
-        return handle_request_then_close_if_retiring
-
     def __call__(self) -> None:
         self.worker.alive = False
+        self._close_after_each_response()  # now: requests ending before the loop's callback
         self.hub.loop.run_callback_threadsafe(self._stop_accepting)
 
+    def _close_after_each_response(self) -> None:
+        """Make this worker's ``post_request`` (its config is its own copy) end with marking the
+        request its connection's last. Again from the loop's callback: a switch of the hook by the
+        request clock in progress on the loop's thread as the retirement began (``workers/gevent``)
+        is over by then, and the clock switches no more."""
+        setting = self.worker.cfg.settings["post_request"]
+        if self._closing is not None and setting.value is self._closing:
+            return
+        hook = setting.value
+
+        def post_request_then_close(worker: Any, req: Any, environ: Any, resp: Any) -> None:
+            try:
+                hook(worker, req, environ, resp)
+            finally:
+                force_close = getattr(req, "force_close", None)  # an HTTP/1 request (gunicorn's Message)
+                if force_close is not None:
+                    force_close()
+
+        self._closing = setting.value = post_request_then_close
+
     def _stop_accepting(self) -> None:
+        self._close_after_each_response()
         # Stop this worker's accept loop but keep its listening socket open until the worker exits:
         # gunicorn's async handler calls ``listener.getsockname()`` for every connection, so closing
         # the socket here reset a connection accepted just before (EBADF). The socket is shared with

@@ -24,7 +24,6 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable
-from time import monotonic
 from typing import Any
 
 from gunicorn.arbiter import Arbiter
@@ -46,7 +45,7 @@ except ImportError:
         from uvicorn.workers import UvicornWorker as _StockUvicornWorker
 
 from .. import hooks
-from ..worker.gate import MAX_GAP, NEVER
+from ..worker.clock import RequestClock
 from ..worker.retire import send_sigterm
 from .base import MemguardWorker
 
@@ -79,7 +78,7 @@ class RequestTasks(_Tasks):
     with no coroutine of memguard's around the app. The set is uvicorn's to read and change as
     before (``len`` for ``limit_concurrency``, the wait for tasks at shutdown).
 
-    While the limits are far, ``LoopClock`` turns it into ``UncheckedTasks`` and checks on a loop
+    While the limits are far, ``RequestClock`` turns it into ``UncheckedTasks`` and checks on a loop
     timer instead: even this method cost a hello-world uvicorn worker 1.2 % more CPU per request,
     its code and data being out of the CPU's caches after the request (``python -m
     bench.overhead``; 1.008 with set's own discard, 1.020 with this one)."""
@@ -99,60 +98,6 @@ class UncheckedTasks(_Tasks):
     creates each request's task)."""
 
     __slots__ = ()
-
-
-class LoopClock:
-    """The request gate's clock on uvicorn's event loop, so that requests far from the limits end
-    with no memguard code at all.
-
-    The gate lets requests end unchecked until its deadline (``until``) and its count (``left``)
-    run out (``worker/gate.py``). Here a loop timer checks at the deadline instead, when a request
-    ended since the last check or a task is still running (an idle worker is the sampler's), and
-    requests are let go by the set's own ``discard``. It only does so while the count cannot run
-    out first even at twice the fastest request rate seen lately, and the deadline is at least
-    ``MIN_GAP`` away; otherwise (near a limit, waiting for a turn) every request is let go through
-    the gate, as before. So the bound is that of the gate: until the deadline a worker cannot reach
-    its nearest limit growing at ``MAX_RATE``."""
-
-    MIN_GAP = 0.01  # seconds: a timer for a shorter gap costs more than the requests it spares
-    EARLY = 0.001  # seconds: a check this early is as good (asyncio may run a timer a little early)
-    RATE_MARGIN = 2  # assume requests may come twice as fast as the fastest lately
-    RATE_DECAY = 0.8  # per tick: "lately" is about the last second
-
-    def __init__(self, gate: Any, tasks: _Tasks, state: Any, loop: asyncio.AbstractEventLoop, log: Any) -> None:
-        self.gate, self.tasks, self.state, self.loop, self.log = gate, tasks, state, loop, log
-        self.rate = 0.0  # requests per second, the fastest lately
-        self._time = monotonic()
-        self._requests = 0
-
-    def start(self) -> None:
-        self.loop.call_later(MAX_GAP, self.tick)
-
-    def tick(self) -> None:
-        try:
-            delay = self._tick()
-        except Exception as exc:  # noqa: BLE001 - a memguard bug must not reach uvicorn's loop
-            self.tasks.each(True)  # the gate as before, on every request
-            self.log.error("memguard: the request clock failed (%r); each request goes through the gate", exc)
-            return
-        if delay is not None:
-            self.loop.call_later(delay, self.tick)
-
-    def _tick(self) -> float | None:
-        gate, now, requests = self.gate, monotonic(), self.state.total_requests
-        if gate.until == NEVER:  # retiring, or the guard is off: nothing more to check
-            self.tasks.each(True)
-            return None
-        if now >= gate.until - self.EARLY and (requests != gate.checked or self.tasks):
-            gate.check()  # the guard's check; it regates
-        elapsed = now - self._time
-        if elapsed >= self.MIN_GAP:  # a shorter interval says little about the rate
-            self.rate = max((requests - self._requests) / elapsed, self.rate * self.RATE_DECAY)
-            self._time, self._requests = now, requests
-        gap = gate.until - monotonic()
-        timed = gap >= self.MIN_GAP and gate.left >= self.RATE_MARGIN * self.rate * gap
-        self.tasks.each(not timed)
-        return min(gap, MAX_GAP) if timed else MAX_GAP
 
 
 class _Server(Server):
@@ -212,7 +157,7 @@ class _Guarded(MemguardWorker):
         guard = hooks.current_guard()  # post_worker_init ran before the worker's run()
         if guard is not None:  # before any connection: every protocol shares the server's set
             tasks = server.server_state.tasks = RequestTasks(guard.after_request)
-            LoopClock(guard.gate, tasks, server.server_state, self.memguard_loop, self.log).start()
+            RequestClock(guard.gate, self.memguard_loop.call_later, tasks.each, self.log, busy=tasks.__len__).start()
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:

@@ -175,13 +175,14 @@ def test_leaking_workers_are_retired_gracefully_under_concurrent_load(mode, tmp_
         )
 
 
-def test_a_uvicorn_worker_far_from_its_limit_checks_on_its_loop_clock_and_keeps_the_bound(tmp_path):
-    """Starting 120 MiB below its limit, a uvicorn worker lets requests end with no memguard code
-    and checks on a timer of its event loop (``workers/uvicorn.LoopClock``) until its limit is
-    within 41 MiB (10 ms of growth at 4 GiB/s); from there each request goes through the gate
-    again. So the peak keeps the bound of a check after every request: had the clock stopped
+@pytest.mark.parametrize("mode", marking(["class-uvicorn", "class-gevent"], {"class-gevent"}))
+def test_a_worker_far_from_its_limit_checks_on_its_event_loops_clock_and_keeps_the_bound(mode, tmp_path):
+    """Starting 120 MiB below its limit, a uvicorn or gevent worker lets requests end with no
+    memguard code and checks on a timer of its event loop (``worker/clock.RequestClock``) until its
+    limit is within 41 MiB (10 ms of growth at 4 GiB/s); from there each request goes through the
+    gate again. So the peak keeps the bound of a check after every request: had the clock stopped
     checking, only the sampler would, every 200 ms."""
-    mode, kib = "class-uvicorn", 256
+    kib = 256
     server, limit = start(mode, 120 * MiB, tmp_path, env=ceiling_env)
     with server:
         first = server.worker_pids()

@@ -167,3 +167,31 @@ def test_a_workers_post_request_becomes_its_guards_own_check(load, user_hook):
     assert calls == ([("user post_request", "worker")] if user_hook else [])
     if not user_hook:
         assert hook(cfg, "post_request") is not hooks.post_request
+
+
+@pytest.mark.parametrize("user_hook", [False, True], ids=["memguard-alone", "composed-with-the-users"])
+def test_a_workers_request_clock_switches_post_request_to_gunicorns_no_op_and_back(load, user_hook):
+    """While the limits are far a gevent worker's requests end with gunicorn's own no-op hook
+    (the hub clock checks); near them, through the guard's gated check again. A user's
+    post_request runs either way."""
+    user = "def post_request(worker, req, environ, resp):\n    calls.append(('user post_request', worker))\n"
+    text = f"from {__name__} import CALLS as calls\n" + (user if user_hook else "")
+    cfg, calls = load(text + IMPORT)
+    hooks.compose_into(cfg)
+    checked: list[Any] = []
+
+    def after_request(*args: Any) -> None:
+        checked.append(args[0])
+
+    hooks._bind_post_request(cfg, after_request)
+    switch = hooks.request_switch(cfg, after_request)
+    assert switch is not None
+    switch(False)
+    cfg.post_request("far", None, None, None)
+    if not user_hook:
+        assert hook(cfg, "post_request") is cfg.settings["post_request"].default
+    switch(True)
+    cfg.post_request("near", None, None, None)
+    assert checked == ["near"]
+    assert calls == ([("user post_request", "far"), ("user post_request", "near")] if user_hook else [])
+    assert hooks.request_switch(cfg, lambda *args: None) is None  # not this guard's hook: left alone

@@ -108,14 +108,15 @@ def test_uvicorn_request_tasks_check_once_per_task_let_go():
 
 class _Served:
     """A uvicorn server's request path in miniature, on a real loop: uvicorn's own ServerState,
-    memguard's real gate, task set and loop clock; the guard's check counts and regates as the
+    memguard's real gate, task set and request clock; the guard's check counts and regates as the
     guard does, with the nearest limit ``headroom`` bytes away."""
 
     def __init__(self, headroom: int, step: float = 0.0) -> None:
         from uvicorn.server import ServerState
 
+        from gunicorn_memguard.worker.clock import RequestClock
         from gunicorn_memguard.worker.gate import RequestGate
-        from gunicorn_memguard.workers.uvicorn import LoopClock, RequestTasks
+        from gunicorn_memguard.workers.uvicorn import RequestTasks
 
         self.checks: list[int] = []
         self.errors: list[str] = []
@@ -124,7 +125,8 @@ class _Served:
         self.gate.step = step
         self.state = ServerState()
         self.tasks = self.state.tasks = RequestTasks(self.gate.request_ended)
-        self.clock = LoopClock(self.gate, self.tasks, self.state, asyncio.get_running_loop(), self)
+        loop = asyncio.get_running_loop()
+        self.clock = RequestClock(self.gate, loop.call_later, self.tasks.each, self, busy=self.tasks.__len__)
         self.gate.reopen(time.monotonic(), 0, 0, 0, headroom)  # the guard's first check
 
     @property
@@ -158,7 +160,7 @@ class _Served:
         return type(self.tasks).discard is RequestTasks.discard
 
 
-def test_uvicorn_requests_far_from_the_limits_end_unchecked_and_the_loop_clock_checks_at_the_deadline():
+def test_uvicorn_requests_far_from_the_limits_end_unchecked_and_the_request_clock_checks_at_the_deadline():
     """Far from the limits (1 GiB): after the clock's first tick uvicorn lets requests go with the
     set's own discard, so 50 requests run no memguard code; at the gate's deadline the clock checks
     once, because requests ended; at the next deadline, with none ended and no task running (an
@@ -224,7 +226,7 @@ def test_uvicorn_requests_come_through_the_gate_while_they_could_use_up_its_coun
     asyncio.run(serve())
 
 
-def test_uvicorn_loop_clock_stops_when_the_guard_no_longer_checks_and_survives_its_own_fault():
+def test_uvicorn_request_clock_stops_when_the_guard_no_longer_checks_and_survives_its_own_fault():
     """A retiring worker (the gate never opens again) needs no clock; a fault inside the clock is
     one log line, and requests go through the gate from then on."""
     pytest.importorskip("uvicorn")
@@ -238,11 +240,48 @@ def test_uvicorn_loop_clock_stops_when_the_guard_no_longer_checks_and_survives_i
 
         broken = _Served(headroom=2**30)
         broken.clock._tick()
-        broken.clock.state = None  # reading uvicorn's request count fails
+        broken.gate.worker = None  # reading the worker's request count fails
         broken.clock.tick()
         assert broken.each_checked and len(broken.errors) == 1 and "request clock failed" in broken.errors[0]
 
     asyncio.run(serve())
+
+
+def test_a_retiring_gevent_worker_makes_each_request_that_ends_its_connections_last():
+    """A retirement makes post_request (the user's hook composed, or memguard's alone) end with
+    ``req.force_close()``, which gunicorn's parser reads before waiting for the next request on
+    the connection: nothing runs per request before. Installed again from the loop's callback, so a
+    switch of the hook by the request clock as the retirement began is undone."""
+    pytest.importorskip("gevent")
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    from gunicorn_memguard.worker.retire import GeventDrain
+
+    calls: list[str] = []
+
+    class Request:  # the part of gunicorn's request (http.message.Message) that the hook uses
+        def force_close(self) -> None:
+            calls.append("force_close")
+
+    def users(worker: object, req: object, environ: object, resp: object) -> None:
+        calls.append("user's hook")
+
+    cfg = Config()
+    cfg.set("post_request", users)
+    worker = SimpleNamespace(alive=True, cfg=cfg, server_class=type("Server", (), {}))
+    drain = GeventDrain(worker)
+    assert cfg.settings["post_request"].get() is users  # nothing changed before a retirement
+    drain._close_after_each_response()  # as __call__ does, without the loop's callback
+    cfg.post_request(worker, Request(), {}, None)
+    assert calls == ["user's hook", "force_close"]
+    cfg.settings["post_request"].value = cfg.settings["post_request"].default  # a clock's switch meanwhile
+    drain._stop_accepting()  # the loop's callback
+    calls.clear()
+    cfg.post_request(worker, Request(), {}, None)
+    cfg.post_request(worker, object(), {}, None)  # no force_close (an HTTP/2 stream): only the hook
+    assert calls == ["force_close"]
 
 
 def test_asgi_worker_on_gunicorn_before_24_names_the_gunicorn_needed():

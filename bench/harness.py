@@ -337,7 +337,7 @@ def load(
             else:
                 try:
                     result = server.get(path)[0]
-                except OSError as exc:
+                except (OSError, http.client.HTTPException) as exc:  # e.g. a worker killed mid-response
                     result = type(exc).__name__
             with lock:
                 statuses.append(result)
